@@ -1,0 +1,79 @@
+//! `POST /login`: checks a username and password, returns an access token, and
+//! publishes a `user_activity` "logged in" event.
+//!
+//! An unknown user and a wrong password get the same answer in the same time:
+//! both run one bcrypt verification at the configured cost.
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, routing::post};
+use finapp_shared::{
+    Deps,
+    auth::Role,
+    domain::NewPassword,
+    events::{Event, EventType},
+    http::{ApiError, Json},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+pub fn router(deps: Arc<Deps>) -> Router {
+    let warm = deps.clone();
+    tokio::spawn(async move {
+        if let Err(err) = warm.passwords.warm_up().await {
+            tracing::warn!(error = %err, "dummy hash not precomputed");
+        }
+    });
+    Router::new().route("/login", post(login)).with_state(deps)
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub role: Role,
+}
+
+#[tracing::instrument(skip_all, fields(username = %body.username))]
+pub async fn login(
+    State(deps): State<Arc<Deps>>,
+    Json(body): Json<LoginRequest>,
+) -> Result<axum::Json<LoginResponse>, ApiError> {
+    let user = deps.store.find_user(&body.username).await?;
+    // Longer passwords were never accepted at sign-up; bcrypt would only see
+    // their first 72 bytes, so refuse them rather than match on a prefix.
+    let acceptable = body.password.expose_secret().len() <= NewPassword::MAX_BYTES;
+    let stored_hash = user.as_ref().and_then(|user| user.password_hash());
+    let verified = deps.passwords.verify(body.password, stored_hash).await?;
+    let user = match user {
+        Some(user) if verified && acceptable => user,
+        _ => {
+            tracing::info!("login refused");
+            return Err(ApiError::Unauthorized(
+                "invalid username or password".into(),
+            ));
+        }
+    };
+
+    let role = user.role();
+    let token = deps.tokens.issue(&user.username, role);
+    let event = Event::new(
+        EventType::UserActivity,
+        &user.username,
+        format!("User {} logged in", user.username),
+    );
+    deps.events.emit(&event, &token).await;
+    tracing::info!("user logged in");
+
+    Ok(axum::Json(LoginResponse {
+        access_token: token.expose_secret().to_owned(),
+        token_type: "bearer".into(),
+        role,
+    }))
+}

@@ -1,0 +1,321 @@
+//! Tokens and passwords.
+//!
+//! JWTs are HS256 only (the algorithm is pinned, so `alg: none` and key-confusion
+//! tokens are refused) with the claims `sub`, `role`, `iat` and `exp`. bcrypt runs
+//! on tokio's blocking pool so it never stalls the async runtime, and a login for
+//! an unknown user is checked against a dummy hash so its timing matches a real one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+
+/// What a user may do. A stored user without a role is a plain user, as in the original.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    #[default]
+    User,
+}
+
+impl Role {
+    /// Reads a stored role; anything but `admin` grants nothing beyond a user's rights.
+    pub fn from_stored(raw: Option<&str>) -> Self {
+        match raw {
+            Some("admin") => Role::Admin,
+            _ => Role::User,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+/// The claims every token carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The username.
+    pub sub: String,
+    /// The role when the token was issued; admin routes re-read it from the database.
+    #[serde(default)]
+    pub role: Role,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// Why a token was refused. Both are a 401 to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token has expired")]
+    Expired,
+    #[error("token is invalid")]
+    Invalid,
+}
+
+/// Signs and checks access tokens with the configured secret.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl TokenKeys {
+    pub fn new(config: &Config) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        validation.leeway = 0;
+        Self {
+            encoding: EncodingKey::from_secret(config.jwt_secret_bytes()),
+            decoding: DecodingKey::from_secret(config.jwt_secret_bytes()),
+            validation,
+            ttl: config.token_ttl,
+        }
+    }
+
+    /// Issues a token for `username` valid for the configured lifetime.
+    pub fn issue(&self, username: &str, role: Role) -> SecretString {
+        let iat = unix_now();
+        let claims = Claims {
+            sub: username.to_owned(),
+            role,
+            iat,
+            exp: iat + self.ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            // HS256 over a serde struct cannot fail: the key family always matches.
+            .expect("HS256 signing with an HMAC key is infallible")
+            .into()
+    }
+
+    /// Checks signature, algorithm and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.decode(token, &self.validation)
+    }
+
+    /// Checks signature and algorithm but not expiry: for events, whose token was
+    /// valid when they were published and must not go stale waiting in a queue.
+    pub fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        self.decode(token, &validation)
+    }
+
+    fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, TokenError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
+            .map(|data| data.claims)
+            .map_err(|err| match err.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A failure of the password machinery itself (not a wrong password).
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("bcrypt failed")]
+    Bcrypt(#[from] bcrypt::BcryptError),
+    #[error("the blocking pool dropped the bcrypt task")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Hashes passwords and verifies them in constant time per cost.
+pub struct Passwords {
+    cost: u32,
+    dummy_hash: OnceCell<String>,
+}
+
+impl Passwords {
+    pub fn new(cost: u32) -> Self {
+        Self {
+            cost,
+            dummy_hash: OnceCell::new(),
+        }
+    }
+
+    /// Hashes a new password at the configured cost, off the async runtime.
+    pub async fn hash(&self, password: SecretString) -> Result<String, PasswordError> {
+        let cost = self.cost;
+        let hash =
+            tokio::task::spawn_blocking(move || bcrypt::hash(password.expose_secret(), cost))
+                .await??;
+        Ok(hash)
+    }
+
+    /// Checks `password` against `stored`, a bcrypt hash as the database holds it.
+    ///
+    /// With no stored hash (unknown user) or an unreadable one, a dummy hash of the
+    /// same cost is checked instead and the answer is `false`, so the time taken
+    /// does not tell whether the user exists.
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        let (hash, genuine) = match stored {
+            Some(hash) if hash.starts_with("$2") => (hash, true),
+            _ => (self.dummy_hash().await?.to_owned(), false),
+        };
+        let matches = tokio::task::spawn_blocking(move || {
+            bcrypt::verify(password.expose_secret(), &hash).unwrap_or(false)
+        })
+        .await?;
+        Ok(matches && genuine)
+    }
+
+    /// Computes the dummy hash now, so the first unknown-user login is not slower
+    /// than the rest. Call it in the background at start-up.
+    pub async fn warm_up(&self) -> Result<(), PasswordError> {
+        self.dummy_hash().await.map(|_| ())
+    }
+
+    async fn dummy_hash(&self) -> Result<&str, PasswordError> {
+        let cost = self.cost;
+        self.dummy_hash
+            .get_or_try_init(|| async move {
+                let password = uuid::Uuid::new_v4().to_string();
+                Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??)
+            })
+            .await
+            .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn encode_segment(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn keys_with(secret: &str) -> TokenKeys {
+        let config = Config::from_lookup(|name| match name {
+            "JWT_SECRET_KEY" => Some(secret.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        TokenKeys::new(&config)
+    }
+
+    const SECRET: &str = "unit-test-secret-unit-test-secret!";
+
+    #[test]
+    fn an_issued_token_verifies_and_carries_its_claims() {
+        let keys = keys_with(SECRET);
+        let token = keys.issue("alice", Role::Admin);
+        let claims = keys.verify(token.expose_secret()).unwrap();
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.role, Role::Admin);
+        assert_eq!(claims.exp - claims.iat, 30 * 60);
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_is_invalid() {
+        let token = keys_with("another-secret-another-secret-1234").issue("alice", Role::User);
+        assert_eq!(
+            keys_with(SECRET).verify(token.expose_secret()),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_but_its_signature_still_checks() {
+        let keys = keys_with(SECRET);
+        let claims = Claims {
+            sub: "bob".into(),
+            role: Role::User,
+            iat: 1,
+            exp: 2,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&token), Err(TokenError::Expired));
+        assert_eq!(keys.verify_signature(&token).unwrap().sub, "bob");
+    }
+
+    #[test]
+    fn an_unsigned_alg_none_token_is_invalid() {
+        let keys = keys_with(SECRET);
+        let header = encode_segment(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = encode_segment(br#"{"sub":"mallory","role":"admin","iat":1,"exp":99999999999}"#);
+        for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert_eq!(keys.verify(&token), Err(TokenError::Invalid));
+            assert_eq!(keys.verify_signature(&token), Err(TokenError::Invalid));
+        }
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        let keys = keys_with(SECRET);
+        for token in ["", "abc", "a.b.c", "Bearer x"] {
+            assert_eq!(keys.verify(token), Err(TokenError::Invalid));
+        }
+    }
+
+    #[test]
+    fn a_stored_role_other_than_admin_is_a_user() {
+        assert_eq!(Role::from_stored(Some("admin")), Role::Admin);
+        assert_eq!(Role::from_stored(Some("Admin")), Role::User);
+        assert_eq!(Role::from_stored(None), Role::User);
+    }
+
+    #[tokio::test]
+    async fn a_hashed_password_verifies_and_a_wrong_one_does_not() {
+        let passwords = Passwords::new(4);
+        let hash = passwords
+            .hash("correct horse".to_string().into())
+            .await
+            .unwrap();
+        assert!(
+            passwords
+                .verify("correct horse".to_string().into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !passwords
+                .verify("wrong horse".to_string().into(), Some(hash))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_or_unreadable_hash_never_verifies() {
+        let passwords = Passwords::new(4);
+        assert!(
+            !passwords
+                .verify("anything".to_string().into(), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !passwords
+                .verify("anything".to_string().into(), Some("plaintext".into()))
+                .await
+                .unwrap()
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Process configuration, read once from the environment at start-up.
+//!
+//! Variable names are the original services' (`MONGODB_URI`, `RABBITMQ_URI`,
+//! `JWT_SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`) plus a few of our own. A
+//! missing or weak secret is a start-up error naming the variable, never a
+//! silent default, and no value read here is ever logged.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Shortest accepted `JWT_SECRET_KEY`: HS256 wants a key at least as long as its 32-byte output.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// bcrypt's accepted cost range.
+const BCRYPT_COST_RANGE: std::ops::RangeInclusive<u32> = 4..=31;
+
+/// Everything a function needs to know about its surroundings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `MONGODB_URI`; a secret because it usually embeds credentials.
+    pub mongodb_uri: SecretString,
+    /// `MONGODB_DATABASE`, default `finapp`.
+    pub mongodb_database: String,
+    /// `MONGODB_MAX_POOL_SIZE`, default the driver's (10): connections per process.
+    pub mongodb_max_pool_size: Option<u32>,
+    /// `RABBITMQ_URI`; a secret for the same reason as `mongodb_uri`.
+    pub rabbitmq_uri: SecretString,
+    /// `RABBITMQ_QUEUE_PREFIX`, default empty: prepended to every queue name so
+    /// that several deployments (or parallel tests) can share one broker.
+    pub queue_prefix: String,
+    /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes.
+    pub jwt_secret: SecretString,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES`, default 30.
+    pub token_ttl: Duration,
+    /// `BCRYPT_COST`, default 12.
+    pub bcrypt_cost: u32,
+    /// `PORT` for the plain HTTP mode, default 8080.
+    pub port: u16,
+}
+
+/// Why the configuration was refused; every variant names the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the real environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+
+        let jwt_secret = get("JWT_SECRET_KEY").ok_or(ConfigError::Missing("JWT_SECRET_KEY"))?;
+        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::Invalid {
+                name: "JWT_SECRET_KEY",
+                reason: format!(
+                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (got {})",
+                    jwt_secret.len()
+                ),
+            });
+        }
+
+        let token_minutes: u64 = parse_number(&get, "ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
+        if token_minutes == 0 || token_minutes > 24 * 60 {
+            return Err(invalid(
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+                "must be 1 to 1440 minutes",
+            ));
+        }
+        let bcrypt_cost: u32 = parse_number(&get, "BCRYPT_COST", 12)?;
+        if !BCRYPT_COST_RANGE.contains(&bcrypt_cost) {
+            return Err(invalid("BCRYPT_COST", "must be 4 to 31"));
+        }
+
+        Ok(Self {
+            mongodb_uri: get("MONGODB_URI")
+                .unwrap_or_else(|| "mongodb://127.0.0.1:27017".into())
+                .into(),
+            mongodb_database: get("MONGODB_DATABASE").unwrap_or_else(|| "finapp".into()),
+            mongodb_max_pool_size: get("MONGODB_MAX_POOL_SIZE")
+                .map(|_| parse_number(&get, "MONGODB_MAX_POOL_SIZE", 0))
+                .transpose()?,
+            rabbitmq_uri: get("RABBITMQ_URI")
+                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+                .into(),
+            queue_prefix: get("RABBITMQ_QUEUE_PREFIX").unwrap_or_default(),
+            jwt_secret: jwt_secret.into(),
+            token_ttl: Duration::from_secs(token_minutes * 60),
+            bcrypt_cost,
+            port: parse_number(&get, "PORT", 8080)?,
+        })
+    }
+
+    /// The JWT secret's bytes, for building signing keys.
+    pub(crate) fn jwt_secret_bytes(&self) -> &[u8] {
+        self.jwt_secret.expose_secret().as_bytes()
+    }
+}
+
+fn invalid(name: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| invalid(name, "must be a whole number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config_from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn a_missing_jwt_secret_is_refused_by_name() {
+        let err = config_from(&[]).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("JWT_SECRET_KEY"));
+        assert!(err.to_string().contains("JWT_SECRET_KEY"));
+    }
+
+    #[test]
+    fn a_jwt_secret_shorter_than_32_bytes_is_refused_by_name() {
+        let err = config_from(&[("JWT_SECRET_KEY", &GOOD_SECRET[..31])]).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET_KEY"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
+        assert_eq!(config.token_ttl, Duration::from_secs(30 * 60));
+        assert_eq!(config.bcrypt_cost, 12);
+        assert_eq!(config.mongodb_database, "finapp");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.queue_prefix, "");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_by_name() {
+        for (name, value) in [
+            ("BCRYPT_COST", "3"),
+            ("BCRYPT_COST", "twelve"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+            ("PORT", "70000"),
+        ] {
+            let err = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), (name, value)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
+        assert!(!format!("{config:?}").contains(GOOD_SECRET));
+    }
+}

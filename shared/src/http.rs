@@ -1,0 +1,409 @@
+//! The HTTP edge shared by every function: the error type and its one mapping to
+//! `{"error": CODE, "message": TEXT}`, extractors that turn every bad input into
+//! such an error, request-scoped logging, and `serve`, which runs a router under
+//! the Lambda runtime or as a plain HTTP server.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{
+        DefaultBodyLimit, FromRequest, FromRequestParts, Request,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use lambda_http::RequestExt as _;
+use secrecy::SecretString;
+use serde_json::json;
+use tracing::Instrument as _;
+
+use crate::{
+    Deps,
+    auth::{PasswordError, Role, TokenError},
+    store::StoreError,
+};
+
+/// Largest request body any function accepts; every body here is a small JSON object.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Every error a client can see. [`IntoResponse`] below is the one place that
+/// picks status codes and codes; `message` is written for the client and never
+/// carries internals (those are logged instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("internal error")]
+    Internal(#[from] InternalError),
+}
+
+/// Failures of our own machinery, as opposed to the client's input.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(err: PasswordError) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        ApiError::Unauthorized(err.to_string())
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code in the body's `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Validation(_) => "validation_error",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(err) = &self {
+            tracing::error!(error = %err, cause = ?std::error::Error::source(err), "request failed");
+        } else {
+            // The message may echo client input, so only the code is logged.
+            tracing::info!(
+                status = status.as_u16(),
+                error = self.code(),
+                "request refused"
+            );
+        }
+        let body = json!({ "error": self.code(), "message": self.to_string() });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Maps an axum rejection to our error by its status, keeping axum's explanation
+/// (which names the field, line and column, but never internals).
+fn from_rejection(status: StatusCode, text: String) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Validation(text),
+        _ => ApiError::BadRequest(text),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::Validation(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::Validation(rejection.body_text())
+    }
+}
+
+/// A JSON body, refused with a JSON error when it is not one.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+/// Query parameters, refused with a 422 JSON error when they do not parse.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// Path parameters, refused with a 422 JSON error when they do not parse.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// The caller, proven by a valid bearer token.
+#[derive(Debug)]
+pub struct AuthUser {
+    pub username: String,
+    /// The role the token was issued with. Admin routes use [`AdminUser`] instead,
+    /// which re-reads the role from the database.
+    pub role: Role,
+    /// The raw token, forwarded in event headers.
+    pub token: SecretString,
+}
+
+impl FromRequestParts<Arc<Deps>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, deps: &Arc<Deps>) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+        let claims = deps.tokens.verify(token)?;
+        Ok(Self {
+            username: claims.sub,
+            role: claims.role,
+            token: token.to_owned().into(),
+        })
+    }
+}
+
+/// An administrator: a valid token whose user holds the admin role in the
+/// database *now*, so a demotion takes effect on the next request.
+#[derive(Debug)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<Arc<Deps>> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, deps: &Arc<Deps>) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, deps).await?;
+        match deps.store.find_user(&user.username).await? {
+            Some(stored) if stored.role() == Role::Admin => Ok(Self(user)),
+            Some(_) => Err(ApiError::Forbidden("admin rights required".into())),
+            None => Err(ApiError::Unauthorized(
+                "token's user no longer exists".into(),
+            )),
+        }
+    }
+}
+
+/// Wraps a function's routes with what every function shares: JSON 404/405,
+/// the body limit, and a request span carrying the request id.
+pub fn app(routes: Router) -> Router {
+    routes
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_span))
+}
+
+/// Runs `request` inside a span holding its id (Lambda's, the caller's
+/// `x-request-id`, or a new one) and logs one line when it completes.
+async fn request_span(request: Request, next: Next) -> Response {
+    let request_id = request
+        .extensions()
+        .lambda_context_ref()
+        .map(|context| context.request_id.clone())
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .filter(|value| value.len() <= 128)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    async move {
+        let started = Instant::now();
+        let mut response = next.run(request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request completed"
+        );
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on port {port}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("HTTP server failed")]
+    Http(#[source] std::io::Error),
+    #[error("Lambda runtime failed: {0}")]
+    Lambda(lambda_http::Error),
+}
+
+/// Serves `routes` under the Lambda runtime when `AWS_LAMBDA_RUNTIME_API` is
+/// set; otherwise as a plain HTTP server on `port` with `GET /healthz`, until
+/// SIGTERM or Ctrl-C, letting in-flight requests finish.
+pub async fn serve(routes: Router, port: u16) -> Result<(), ServeError> {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return lambda_http::run(app(routes))
+            .await
+            .map_err(ServeError::Lambda);
+    }
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|source| ServeError::Bind { port, source })?;
+    tracing::info!(
+        port = listener.local_addr().map_or(port, |a| a.port()),
+        "listening"
+    );
+    let routes = routes.route(
+        "/healthz",
+        get(|| async { axum::Json(json!({ "status": "ok" })) }),
+    );
+    axum::serve(listener, app(routes))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Http)
+}
+
+/// Resolves on SIGTERM (Kubernetes, Lambda) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_error_maps_to_a_4xx_and_internal_to_a_500() {
+        let cases = [
+            (ApiError::BadRequest("x".into()), 400, "bad_request"),
+            (ApiError::Unauthorized("x".into()), 401, "unauthorized"),
+            (ApiError::Forbidden("x".into()), 403, "forbidden"),
+            (ApiError::NotFound("x".into()), 404, "not_found"),
+            (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ApiError::Conflict("x".into()), 409, "conflict"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (
+                ApiError::UnsupportedMediaType("x".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (ApiError::Validation("x".into()), 422, "validation_error"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!((err.status().as_u16(), err.code()), (status, code));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_renders_as_the_json_shape_with_a_bearer_challenge_on_401() {
+        let response = ApiError::from(TokenError::Expired).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            json!({ "error": "unauthorized", "message": "token has expired" })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_never_shows_its_cause() {
+        let cause = bcrypt::BcryptError::CostNotAllowed(99);
+        let response = ApiError::from(PasswordError::from(cause)).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            json!({ "error": "internal_error", "message": "internal error" })
+        );
+    }
+}
