@@ -8,8 +8,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="${FINAPP_STATE_DIR:-$ROOT/.dev}"
+export PATH="$PATH:/usr/local/go/bin"
 GOBIN_DIR="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
-export PATH="$GOBIN_DIR:$HOME/.cargo/bin:$PATH"
+export PATH="$GOBIN_DIR:$HOME/.cargo/bin:$PATH:/usr/local/go/bin"
 mkdir -p "$STATE"
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -43,14 +44,16 @@ install_rabbitmq() {
 install_cargo_lambda() {
   command -v cargo-lambda >/dev/null && return
   log "installing cargo-lambda from PyPI"
-  python3 -m pip install --quiet cargo-lambda
+  python3 -m pip install --quiet --disable-pip-version-check cargo-lambda
+  command -v pyenv >/dev/null && pyenv rehash
+  command -v cargo-lambda >/dev/null || { log "cargo-lambda installed but not on PATH"; return 1; }
 }
 
 start_ferretdb() {
   port_open 27017 && return
   log "starting FerretDB on 127.0.0.1:27017 (data in $STATE/ferretdb)"
   mkdir -p "$STATE/ferretdb/data"
-  nohup finapp-ferretdb --sqlite-url="file:$STATE/ferretdb/data/" \
+  setsid nohup finapp-ferretdb --sqlite-url="file:$STATE/ferretdb/data/" \
     --listen-addr=127.0.0.1:27017 --log-level=warn >"$STATE/ferretdb.log" 2>&1 &
   wait_port 27017 30
 }
@@ -60,7 +63,7 @@ start_rabbitmq() {
   log "starting RabbitMQ on 127.0.0.1:5672"
   # The Debian package may have started (or failed to start) a service already;
   # in a container without systemd we run the server ourselves.
-  RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 nohup rabbitmq-server >"$STATE/rabbitmq.log" 2>&1 &
+  RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 setsid nohup rabbitmq-server >"$STATE/rabbitmq.log" 2>&1 &
   wait_port 5672 90
 }
 

@@ -194,10 +194,11 @@ impl Events {
 
     async fn channel(&self) -> Result<Channel, PublishError> {
         let mut link = self.link.lock().await;
-        if let Some((connection, channel)) = link.as_ref() {
-            if connection.status().connected() && channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some((connection, channel)) = link.as_ref()
+            && connection.status().connected()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         let (connection, channel) = tokio::time::timeout(BROKER_TIMEOUT, self.open())
             .await

@@ -1,1 +1,353 @@
+//! Test harness shared by the integration tests: a fresh database name and queue
+//! prefix per test (so tests run in parallel against one FerretDB and one
+//! RabbitMQ), functions served in-process or as real processes, and waiting on
+//! conditions with deadlines instead of sleeping.
 
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::Router;
+use finapp_shared::{Deps, config::Config, events::EventType, http};
+use lapin::{
+    Connection, ConnectionProperties,
+    message::BasicGetMessage,
+    options::{BasicAckOptions, BasicGetOptions},
+};
+use mongodb::{Database, bson::Document};
+pub use nix::sys::signal::Signal;
+use nix::{sys::signal::killpg, unistd::Pid};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+pub const MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+pub const RABBITMQ_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One test's isolated slice of the shared services.
+pub struct TestEnv {
+    pub database: String,
+    pub queue_prefix: String,
+    pub jwt_secret: String,
+    pub bcrypt_cost: u32,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        Self::with_bcrypt_cost(4)
+    }
+
+    pub fn with_bcrypt_cost(bcrypt_cost: u32) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            database: format!("test_{}", &id[..20]),
+            queue_prefix: format!("test.{}.", &id[..20]),
+            jwt_secret: format!("test-secret-{id}"),
+            bcrypt_cost,
+        }
+    }
+
+    /// The environment a function process of this test gets.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MONGODB_URI", MONGODB_URI.into()),
+            ("MONGODB_DATABASE", self.database.clone()),
+            ("RABBITMQ_URI", RABBITMQ_URI.into()),
+            ("RABBITMQ_QUEUE_PREFIX", self.queue_prefix.clone()),
+            ("JWT_SECRET_KEY", self.jwt_secret.clone()),
+            ("BCRYPT_COST", self.bcrypt_cost.to_string()),
+        ]
+    }
+
+    pub fn config(&self) -> Config {
+        let vars = self.vars();
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("test configuration is valid")
+    }
+
+    pub async fn deps(&self) -> Arc<Deps> {
+        Deps::connect(self.config())
+            .await
+            .expect("FerretDB is running (scripts/services.sh)")
+    }
+
+    pub async fn db(&self) -> Database {
+        mongodb::Client::with_uri_str(MONGODB_URI)
+            .await
+            .expect("valid URI")
+            .database(&self.database)
+    }
+
+    pub async fn count(&self, collection: &str) -> u64 {
+        self.db()
+            .await
+            .collection::<Document>(collection)
+            .count_documents(Document::new())
+            .await
+            .unwrap()
+    }
+
+    pub fn queue(&self, kind: EventType) -> String {
+        format!("{}{}", self.queue_prefix, kind.queue())
+    }
+
+    /// Takes the next message from this test's queue for `kind`, waiting up to 10 s.
+    pub async fn next_message(&self, kind: EventType) -> BasicGetMessage {
+        let connection = Connection::connect(RABBITMQ_URI, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is running (scripts/services.sh)");
+        let channel = connection.create_channel().await.unwrap();
+        let queue = self.queue(kind);
+        let message = wait_for(
+            &format!("a message on {queue}"),
+            Duration::from_secs(10),
+            || {
+                let channel = channel.clone();
+                let queue = queue.clone();
+                async move {
+                    channel
+                        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            },
+        )
+        .await;
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+        message
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A function served in-process on a random port, the way `serve` does in plain HTTP mode.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub deps: Arc<Deps>,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn(env: &TestEnv, build: fn(Arc<Deps>) -> Router) -> Self {
+        let deps = env.deps().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = http::app(build(deps.clone()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            address,
+            deps,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        send(self.client.post(self.url(path)).json(body)).await
+    }
+}
+
+/// Sends a request and returns its status and JSON body (`Null` if the body is not JSON).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("the function answers");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The path of a function binary built by `cargo build --workspace --bins`,
+/// next to this test executable's own profile directory.
+pub fn function_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A child process in its own process group, killed with its children on drop,
+/// whose stdout and stderr lines are collected.
+pub struct Process {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command) -> Self {
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("process starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        collect_lines(stdout, output.clone());
+        collect_lines(stderr, output.clone());
+        Self { child, output }
+    }
+
+    /// Every line printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits for a printed line containing `needle` and returns it.
+    pub async fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(
+            &format!("a line containing {needle:?}"),
+            timeout,
+            || async { self.output().into_iter().find(|line| line.contains(needle)) },
+        )
+        .await
+    }
+
+    /// Sends `signal` to the process's own group (the process and its children).
+    pub fn signal(&self, signal: Signal) {
+        // A group id of 0 or 1 would mean "our own group" or "everything".
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .filter(|&pid| pid > 1)
+        {
+            let _ = killpg(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("process still running after {timeout:?}"))
+            .unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// A function binary running in plain HTTP mode on a port of its choosing.
+pub struct FunctionProcess {
+    pub process: Process,
+    pub base_url: String,
+}
+
+impl FunctionProcess {
+    pub async fn start(name: &str, env: &TestEnv) -> Self {
+        let mut command = Command::new(function_binary(name));
+        command
+            .env_clear()
+            .env("PORT", "0")
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        command.envs(env.vars());
+        let process = Process::spawn(command);
+        let line = process
+            .wait_for_line("\"listening\"", Duration::from_secs(10))
+            .await;
+        let port = serde_json::from_str::<Value>(&line).unwrap()["port"]
+            .as_u64()
+            .unwrap();
+        Self {
+            process,
+            base_url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+/// Whether `text` contains any of `secrets` (all non-empty).
+pub fn leaks<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    secrets
+        .into_iter()
+        .find(|secret| !secret.is_empty() && text.contains(secret))
+}
+
+/// The Authorization header of a consumed message, as text.
+pub fn authorization_header(message: &BasicGetMessage) -> Option<String> {
+    let headers = message.delivery.properties.headers().as_ref()?;
+    match headers.inner().get("Authorization")? {
+        lapin::types::AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Exposes a `SecretString` for assertions.
+pub fn expose(secret: &secrecy::SecretString) -> &str {
+    secret.expose_secret()
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job: installs and starts the services, builds every function and
+# serves them all under `cargo lambda watch` on http://localhost:9000 with the
+# production paths (`curl localhost:9000/signup ...`). Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/services.sh
+
+# A development secret, generated once and kept in .dev/ so tokens survive restarts.
+if [ -z "${JWT_SECRET_KEY:-}" ]; then
+  [ -s .dev/jwt_secret ] || head -c 48 /dev/urandom | base64 | tr -d '\n' >.dev/jwt_secret
+  JWT_SECRET_KEY="$(cat .dev/jwt_secret)"
+fi
+export JWT_SECRET_KEY
+export MONGODB_URI="${MONGODB_URI:-mongodb://127.0.0.1:27017}"
+export MONGODB_DATABASE="${MONGODB_DATABASE:-finapp}"
+export RABBITMQ_URI="${RABBITMQ_URI:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+cargo build --workspace --bins
+echo "Serving every function on http://localhost:${FINAPP_PORT:-9000} (Ctrl-C to stop)" >&2
+exec cargo lambda watch --invoke-port "${FINAPP_PORT:-9000}"

@@ -1,0 +1,7 @@
+//! Integration tests: real FerretDB, real RabbitMQ, real processes.
+//! Start the services with `scripts/services.sh` (the test script does).
+
+mod lambda_watch;
+mod login;
+mod processes;
+mod signup;

@@ -1,0 +1,116 @@
+//! The function binaries as real processes in plain HTTP mode: start-up checks,
+//! logs, and shutdown.
+
+use std::time::{Duration, Instant};
+
+use finapp_tests::{FunctionProcess, Process, Signal, TestEnv, function_binary, leaks, send};
+use serde_json::json;
+use tokio::process::Command;
+
+async fn start_without_valid_secret(
+    secret: Option<&str>,
+) -> (std::process::ExitStatus, Duration, String) {
+    let mut command = Command::new(function_binary("signup"));
+    command.env_clear().env("PORT", "0");
+    if let Some(secret) = secret {
+        command.env("JWT_SECRET_KEY", secret);
+    }
+    let started = Instant::now();
+    let mut process = Process::spawn(command);
+    let status = process.wait_exit(Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    // Let the reader tasks drain the pipes.
+    process
+        .wait_for_line("JWT_SECRET_KEY", Duration::from_secs(2))
+        .await;
+    (status, elapsed, process.output().join("\n"))
+}
+
+#[tokio::test]
+async fn a_function_without_jwt_secret_key_exits_non_zero_within_a_second_naming_it() {
+    let (status, elapsed, output) = start_without_valid_secret(None).await;
+    assert!(!status.success());
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(output.contains("JWT_SECRET_KEY"), "{output}");
+}
+
+#[tokio::test]
+async fn a_function_with_a_short_jwt_secret_key_exits_non_zero_within_a_second_naming_it() {
+    let (status, elapsed, output) =
+        start_without_valid_secret(Some("only-31-bytes-long-secret-value")).await;
+    assert!(!status.success());
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(output.contains("JWT_SECRET_KEY"), "{output}");
+}
+
+#[tokio::test]
+async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
+    let env = TestEnv::new();
+    let signup = FunctionProcess::start("signup", &env).await;
+    let mut login = FunctionProcess::start("login", &env).await;
+    let client = reqwest::Client::new();
+    let password = "Very-Secret-Password-42";
+
+    let (status, registered) = send(
+        client
+            .post(format!("{}/signup", signup.base_url))
+            .json(&json!({"username": "logwatch", "password": password})),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    let (status, logged_in) = send(
+        client
+            .post(format!("{}/login", login.base_url))
+            .json(&json!({"username": "logwatch", "password": password})),
+    )
+    .await;
+    assert_eq!(status, 200, "{logged_in}");
+    let (status, _) = send(
+        client
+            .post(format!("{}/login", login.base_url))
+            .header(
+                "authorization",
+                format!("Bearer {}", logged_in["access_token"].as_str().unwrap()),
+            )
+            .json(&json!({"username": "logwatch", "password": "Wrong-Secret-Password"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, health) = send(client.get(format!("{}/healthz", login.base_url))).await;
+    assert_eq!((status, health), (200, json!({"status": "ok"})));
+
+    // Every request logged a completion line carrying its request id.
+    let completed = login
+        .process
+        .wait_for_line("request completed", Duration::from_secs(5))
+        .await;
+    assert!(completed.contains("request_id"), "{completed}");
+
+    login.process.signal(Signal::SIGTERM);
+    let status = login.process.wait_exit(Duration::from_secs(5)).await;
+    assert!(
+        status.success(),
+        "login did not stop cleanly on SIGTERM: {status}"
+    );
+
+    let logs = [signup.process.output(), login.process.output()]
+        .concat()
+        .join("\n");
+    let secrets = [
+        password,
+        "Wrong-Secret-Password",
+        env.jwt_secret.as_str(),
+        registered["access_token"].as_str().unwrap(),
+        logged_in["access_token"].as_str().unwrap(),
+        "eyJ", // the start of any JWT
+    ];
+    assert_eq!(
+        leaks(&logs, secrets),
+        None,
+        "a secret reached the logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("user logged in"),
+        "logs were not captured:\n{logs}"
+    );
+}
