@@ -17,5 +17,10 @@ export MONGODB_DATABASE="${MONGODB_DATABASE:-finapp}"
 export RABBITMQ_URI="${RABBITMQ_URI:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 cargo build --workspace --bins
+target/debug/finapp-admin seed-financing-options
+cat >&2 <<'HELP'
+To create (or promote) an admin, in another shell with the same environment:
+  echo 'a-strong-password' | JWT_SECRET_KEY="$(cat .dev/jwt_secret)" target/debug/finapp-admin create-admin alice
+HELP
 echo "Serving every function on http://localhost:${FINAPP_PORT:-9000} (Ctrl-C to stop)" >&2
 exec cargo lambda watch --invoke-port "${FINAPP_PORT:-9000}"

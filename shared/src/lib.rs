@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod finance;
 pub mod http;
 pub mod store;
 pub mod telemetry;

@@ -7,16 +7,21 @@
 
 use std::time::Duration;
 
+use futures_util::TryStreamExt as _;
 use mongodb::{
     Client, Collection, Database, IndexModel,
-    bson::{Binary, Bson, doc, oid::ObjectId, spec::BinarySubtype},
+    bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype},
     error::{ErrorKind, WriteFailure},
     options::{ClientOptions, IndexOptions},
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use crate::{auth::Role, config::Config};
+use crate::{
+    auth::Role,
+    config::Config,
+    finance::{NewApplication, PageRequest, Status},
+};
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -97,31 +102,110 @@ pub enum InsertUserError {
     Store(#[from] StoreError),
 }
 
+/// A document of `applications` as this bundle writes it. Reads go through
+/// [`to_json`] instead, so applications the original wrote (no `submitted_at`,
+/// an integer `amount`, no history) are shown as they are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplicationDoc {
+    pub loan_types: Vec<String>,
+    pub amount: f64,
+    pub purpose: String,
+    pub status: String,
+    pub submitted_by: String,
+    pub submitted_at: DateTime,
+    /// The audit trail: one entry per status the application has had.
+    pub status_history: Vec<StatusChange>,
+}
+
+/// One entry of an application's audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: String,
+    pub by: String,
+    pub at: DateTime,
+}
+
+impl StatusChange {
+    pub fn now(status: Status, by: &str) -> Self {
+        Self {
+            status: status.as_str().to_owned(),
+            by: by.to_owned(),
+            at: DateTime::now(),
+        }
+    }
+}
+
+/// A user's applications counted by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub total_applications: u64,
+    pub approved: u64,
+    pub denied: u64,
+    pub pending: u64,
+}
+
+/// A page of the admin listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplicationsPage {
+    pub data: Vec<serde_json::Value>,
+    pub total_pages: u64,
+    pub current_page: u64,
+    pub total_items: u64,
+}
+
+/// The result of an update addressed to several documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateCounts {
+    pub matched_count: u64,
+    pub modified_count: u64,
+}
+
 /// The database and its typed collections.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Database,
     pub users: Collection<UserDoc>,
+    pub applications: Collection<ApplicationDoc>,
+    /// Options are only ever read and copied whole, so they stay documents.
+    pub financing_options: Collection<Document>,
+    pub selections: Collection<Document>,
 }
 
 impl Store {
     /// Builds the client (no I/O happens until the first operation).
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(config.mongodb_uri.expose_secret()).await?;
+        Self::connect_uri(
+            config.mongodb_uri.expose_secret(),
+            &config.mongodb_database,
+            config.mongodb_max_pool_size,
+        )
+        .await
+    }
+
+    /// Builds the client from its parts (for tools that need no other configuration).
+    pub async fn connect_uri(
+        uri: &str,
+        database: &str,
+        max_pool_size: Option<u32>,
+    ) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "finapp".into());
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(5));
-        if let Some(size) = config.mongodb_max_pool_size {
-            options.max_pool_size = Some(size);
+        if max_pool_size.is_some() {
+            options.max_pool_size = max_pool_size;
         }
         let client = Client::with_options(options)?;
-        Ok(Self::new(client.database(&config.mongodb_database)))
+        Ok(Self::new(client.database(database)))
     }
 
     pub fn new(db: Database) -> Self {
         Self {
             users: db.collection("users"),
+            applications: db.collection("applications"),
+            financing_options: db.collection("financing_options"),
+            selections: db.collection("user_financing_selections"),
             db,
         }
     }
@@ -131,15 +215,21 @@ impl Store {
     }
 
     /// Creates the indexes the code relies on; a no-op when they exist.
+    ///
+    /// Uniqueness of `users.username` and `user_financing_selections.user` is
+    /// what makes concurrent sign-ups and selections safe; data with duplicates
+    /// there (possible under the original) must be cleaned before deploying.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let unique = IndexOptions::builder().unique(true).build();
+        let unique = || IndexOptions::builder().unique(true).build();
+        let index = |keys: Document| IndexModel::builder().keys(keys);
         self.users
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "username": 1 })
-                    .options(unique)
-                    .build(),
-            )
+            .create_index(index(doc! { "username": 1 }).options(unique()).build())
+            .await?;
+        self.selections
+            .create_index(index(doc! { "user": 1 }).options(unique()).build())
+            .await?;
+        self.applications
+            .create_index(index(doc! { "submitted_by": 1, "submitted_at": -1 }).build())
             .await?;
         Ok(())
     }
@@ -155,6 +245,234 @@ impl Store {
             Err(err) if is_duplicate_key(&err) => Err(InsertUserError::Taken),
             Err(err) => Err(StoreError(err).into()),
         }
+    }
+}
+
+impl Store {
+    /// Creates or promotes `username` to an admin with the given bcrypt hash.
+    pub async fn upsert_admin(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let stored = UserDoc::new(username, password_hash, Role::Admin);
+        self.users
+            .update_one(
+                doc! { "username": username },
+                doc! { "$set": { "password": stored.password, "role": Role::Admin.as_str() } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new pending application by `username`; returns its id.
+    pub async fn insert_application(
+        &self,
+        application: &NewApplication,
+        username: &str,
+    ) -> Result<ObjectId, StoreError> {
+        let created = StatusChange::now(Status::Pending, username);
+        let doc = ApplicationDoc {
+            loan_types: application.loan_types.clone(),
+            amount: application.amount,
+            purpose: application.purpose.clone(),
+            status: Status::Pending.as_str().to_owned(),
+            submitted_by: username.to_owned(),
+            submitted_at: created.at,
+            status_history: vec![created],
+        };
+        let inserted = self.applications.insert_one(&doc).await?;
+        Ok(inserted.inserted_id.as_object_id().unwrap_or_default())
+    }
+
+    /// `username`'s applications, newest first, as JSON.
+    pub async fn applications_of(
+        &self,
+        username: &str,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let cursor = self
+            .applications
+            .clone_with_type::<Document>()
+            .find(doc! { "submitted_by": username })
+            .sort(doc! { "submitted_at": -1, "_id": -1 })
+            .await?;
+        Ok(cursor
+            .map_ok(|doc| to_json(Bson::Document(doc)))
+            .try_collect()
+            .await?)
+    }
+
+    /// Counts `username`'s applications by status in the database.
+    pub async fn status_counts(&self, username: &str) -> Result<StatusCounts, StoreError> {
+        let pipeline = [
+            doc! { "$match": { "submitted_by": username } },
+            doc! { "$group": { "_id": "$status", "count": { "$sum": 1 } } },
+        ];
+        let mut groups = self.applications.aggregate(pipeline).await?;
+        let mut counts = StatusCounts::default();
+        while let Some(group) = groups.try_next().await? {
+            let count = group.get("count").and_then(as_u64).unwrap_or(0);
+            counts.total_applications += count;
+            match group.get_str("_id") {
+                Ok("approved") => counts.approved += count,
+                Ok("denied") => counts.denied += count,
+                Ok("pending") => counts.pending += count,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Every financing option, in insertion order, as JSON.
+    pub async fn financing_options(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let cursor = self
+            .financing_options
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await?;
+        Ok(cursor
+            .map_ok(|doc| to_json(Bson::Document(doc)))
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn find_option(&self, id: ObjectId) -> Result<Option<Document>, StoreError> {
+        Ok(self.financing_options.find_one(doc! { "_id": id }).await?)
+    }
+
+    /// Inserts each option whose `option_name` is not stored yet; returns how many were new.
+    pub async fn seed_financing_options(&self, options: Vec<Document>) -> Result<u64, StoreError> {
+        let mut inserted = 0;
+        for option in options {
+            let name = option.get_str("option_name").unwrap_or_default().to_owned();
+            let result = self
+                .financing_options
+                .update_one(
+                    doc! { "option_name": name },
+                    doc! { "$setOnInsert": option },
+                )
+                .upsert(true)
+                .await?;
+            inserted += u64::from(result.upserted_id.is_some());
+        }
+        Ok(inserted)
+    }
+
+    /// Records `option` as `username`'s one selection, replacing any earlier one.
+    ///
+    /// The upsert keyed on the unique `user` index keeps one document per user:
+    /// when two first selections race, the loser's insert hits the index and
+    /// its retry becomes an update.
+    pub async fn select_option(&self, username: &str, option: &Document) -> Result<(), StoreError> {
+        let now = DateTime::now();
+        let update = doc! {
+            "$set": { "selected_option": option.clone(), "updated_at": now },
+            "$setOnInsert": { "selected_at": now },
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .selections
+                .update_one(doc! { "user": username }, update.clone())
+                .upsert(true)
+                .await
+            {
+                Err(err) if is_duplicate_key(&err) && attempt < 3 => continue,
+                result => return result.map(|_| ()).map_err(StoreError),
+            }
+        }
+    }
+
+    /// Sets the status of every application of `username`, recording `by` in each audit trail.
+    pub async fn decide_for_user(
+        &self,
+        username: &str,
+        status: Status,
+        by: &str,
+    ) -> Result<UpdateCounts, StoreError> {
+        let result = self
+            .applications
+            .update_many(doc! { "submitted_by": username }, status_update(status, by))
+            .await?;
+        Ok(UpdateCounts {
+            matched_count: result.matched_count,
+            modified_count: result.modified_count,
+        })
+    }
+
+    /// Sets one application's status; `false` when no application has that id.
+    pub async fn decide(&self, id: ObjectId, status: Status, by: &str) -> Result<bool, StoreError> {
+        let result = self
+            .applications
+            .update_one(doc! { "_id": id }, status_update(status, by))
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// One page of every application, ordered by `_id` so pages never overlap.
+    pub async fn page_applications(
+        &self,
+        page: PageRequest,
+    ) -> Result<ApplicationsPage, StoreError> {
+        let total_items = self.applications.count_documents(doc! {}).await?;
+        let data = self
+            .applications
+            .clone_with_type::<Document>()
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .skip(page.skip())
+            .limit(i64::try_from(page.per_page).unwrap_or(i64::MAX))
+            .await?
+            .map_ok(|doc| to_json(Bson::Document(doc)))
+            .try_collect()
+            .await?;
+        Ok(ApplicationsPage {
+            data,
+            total_pages: page.total_pages(total_items),
+            current_page: page.page,
+            total_items,
+        })
+    }
+}
+
+fn status_update(status: Status, by: &str) -> Document {
+    let change = StatusChange::now(status, by);
+    doc! {
+        "$set": { "status": status.as_str() },
+        "$push": { "status_history": { "status": change.status, "by": change.by, "at": change.at } },
+    }
+}
+
+fn as_u64(value: &Bson) -> Option<u64> {
+    match value {
+        Bson::Int32(n) => u64::try_from(*n).ok(),
+        Bson::Int64(n) => u64::try_from(*n).ok(),
+        Bson::Double(n) if *n >= 0.0 => Some(*n as u64),
+        _ => None,
+    }
+}
+
+/// Renders a stored value as plain JSON: ids as hex strings, dates as RFC 3339,
+/// binaries left out, everything else as relaxed extended JSON. Total over all
+/// BSON, so no stored document can make a read fail.
+pub fn to_json(value: Bson) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Bson::ObjectId(id) => Value::String(id.to_hex()),
+        Bson::DateTime(at) => at
+            .try_to_rfc3339_string()
+            .map_or_else(|_| Value::from(at.timestamp_millis()), Value::String),
+        Bson::Document(doc) => Value::Object(
+            doc.into_iter()
+                .filter(|(_, value)| !matches!(value, Bson::Binary(_)))
+                .map(|(key, value)| (key, to_json(value)))
+                .collect(),
+        ),
+        Bson::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Bson::Binary(_) => Value::Null,
+        other => other.into_relaxed_extjson(),
     }
 }
 
@@ -205,6 +523,30 @@ mod tests {
         assert_eq!(user.role(), Role::User);
         assert_eq!(user.email, None);
         assert_eq!(user.password_hash(), None);
+    }
+
+    #[test]
+    fn stored_values_render_as_plain_json() {
+        let id = ObjectId::new();
+        let at = DateTime::from_millis(0);
+        let json = to_json(Bson::Document(doc! {
+            "_id": id,
+            "amount": 15000_i32,
+            "ratio": 2.5,
+            "submitted_at": at,
+            "nested": { "tags": ["a", 1_i64] },
+            "secret": Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2] },
+        }));
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "_id": id.to_hex(),
+                "amount": 15000,
+                "ratio": 2.5,
+                "submitted_at": "1970-01-01T00:00:00Z",
+                "nested": { "tags": ["a", 1] },
+            })
+        );
     }
 
     #[test]

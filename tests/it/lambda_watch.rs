@@ -89,3 +89,89 @@ async fn signup_and_login_work_through_cargo_lambda_watch() {
     );
     assert_eq!(env.count("users").await, 1);
 }
+
+#[tokio::test]
+async fn finance_and_admin_routes_work_through_cargo_lambda_watch() {
+    let env = TestEnv::new();
+    let watch = Watch::start(&env).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", watch.base_url);
+    let credentials = json!({"username": "lambda_borrower", "password": "secure_password"});
+    let (status, body) = send(client.post(url("/signup")).json(&credentials)).await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+
+    // The original document's /apply and /status examples.
+    let (status, applied) = send(
+        client
+            .post(url("/apply"))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(
+                r#"{
+    "loan_types": ["personal"],
+    "amount": 15000,
+    "purpose": "Car purchase"
+  }"#,
+            ),
+    )
+    .await;
+    assert_eq!(status, 201, "{applied}");
+    let (status, list) = send(
+        client
+            .get(url("/status"))
+            .header("Authorization", format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list[0]["_id"], applied["application_id"]);
+
+    let (status, body) = send(client.get(url("/status"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) = send(client.get(url("/admin/applications")).bearer_auth(&token)).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+
+    let deps = env.deps().await;
+    let hash = deps
+        .passwords
+        .hash("admin_password".to_string().into())
+        .await
+        .unwrap();
+    deps.store
+        .upsert_admin("lambda_admin", &hash)
+        .await
+        .unwrap();
+    let (status, login) = send(
+        client
+            .post(url("/login"))
+            .json(&json!({"username": "lambda_admin", "password": "admin_password"})),
+    )
+    .await;
+    assert_eq!((status, &login["role"]), (200, &json!("admin")), "{login}");
+    let admin = login["access_token"].as_str().unwrap();
+    let (status, page) = send(
+        client
+            .get(url("/admin/applications?page=1&per_page=10"))
+            .bearer_auth(admin),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total_items"], 1);
+    let application_id = applied["application_id"].as_str().unwrap();
+    let (status, decided) = send(
+        client
+            .put(url(&format!(
+                "/admin/update_status/{application_id}/approved"
+            )))
+            .bearer_auth(admin),
+    )
+    .await;
+    assert_eq!(
+        (status, &decided["status"]),
+        (200, &json!("approved")),
+        "{decided}"
+    );
+}

@@ -1,6 +1,9 @@
 //! Integration tests: real FerretDB, real RabbitMQ, real processes.
 //! Start the services with `scripts/services.sh` (the test script does).
 
+mod admin;
+mod auth_rules;
+mod finance;
 mod lambda_watch;
 mod login;
 mod processes;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use axum::Router;
-use finapp_shared::{Deps, config::Config, events::EventType, http};
+use finapp_shared::{Deps, auth::Role, config::Config, events::EventType, http};
 use lapin::{
     Connection, ConnectionProperties,
     message::BasicGetMessage,
@@ -160,6 +160,25 @@ impl Default for TestEnv {
     }
 }
 
+/// Every HTTP function's routes, merged, for tests that exercise several at once.
+pub fn all_functions(deps: Arc<Deps>) -> Router {
+    let builders: [fn(Arc<Deps>) -> Router; 10] = [
+        signup::router,
+        login::router,
+        apply::router,
+        status::router,
+        dashboard_info::router,
+        financing_options::router,
+        select_financing_option::router,
+        update_status::router,
+        admin_applications::router,
+        admin_update_status::router,
+    ];
+    builders.into_iter().fold(Router::new(), |router, build| {
+        router.merge(build(deps.clone()))
+    })
+}
+
 /// A function served in-process on a random port, the way `serve` does in plain HTTP mode.
 pub struct TestApp {
     pub address: SocketAddr,
@@ -187,6 +206,55 @@ impl TestApp {
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    /// A request to `path` with `token` as its bearer token.
+    pub fn authed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
+    /// A token for `username` signed with this app's key (the user need not exist).
+    pub fn token_for(&self, username: &str) -> String {
+        self.deps
+            .tokens
+            .issue(username, Role::User)
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// Stores `username` as an admin and returns a token for them.
+    pub async fn admin_token(&self, username: &str) -> String {
+        let hash = self
+            .deps
+            .passwords
+            .hash("admin_password".to_string().into())
+            .await
+            .unwrap();
+        self.deps.store.upsert_admin(username, &hash).await.unwrap();
+        self.deps
+            .tokens
+            .issue(username, Role::Admin)
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// Submits an application as the holder of `token`; returns its id.
+    pub async fn apply(&self, token: &str, amount: f64) -> String {
+        let body = serde_json::json!({"loan_types": ["personal"], "amount": amount, "purpose": "Car purchase"});
+        let (status, reply) = send(
+            self.authed(reqwest::Method::POST, "/apply", token)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, 201, "{reply}");
+        reply["application_id"].as_str().unwrap().to_owned()
     }
 }
 
@@ -228,6 +296,7 @@ pub fn function_binary(name: &str) -> PathBuf {
 pub struct Process {
     child: Child,
     output: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -241,9 +310,20 @@ impl Process {
         let output = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        collect_lines(stdout, output.clone());
-        collect_lines(stderr, output.clone());
-        Self { child, output }
+        let readers = vec![
+            collect_lines(stdout, output.clone()),
+            collect_lines(stderr, output.clone()),
+        ];
+        Self {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    /// The child's stdin, when it was spawned with `Stdio::piped()` for it.
+    pub fn take_stdin(&mut self) -> tokio::process::ChildStdin {
+        self.child.stdin.take().expect("stdin was piped")
     }
 
     /// Every line printed so far.
@@ -274,12 +354,19 @@ impl Process {
         }
     }
 
-    /// Waits for the process to exit, up to `timeout`.
+    /// Waits for the process to exit and its output to be read, up to `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(timeout, self.child.wait())
+        let readers = std::mem::take(&mut self.readers);
+        let exited = async {
+            let status = self.child.wait().await.unwrap();
+            for reader in readers {
+                let _ = reader.await;
+            }
+            status
+        };
+        tokio::time::timeout(timeout, exited)
             .await
             .unwrap_or_else(|_| panic!("process still running after {timeout:?}"))
-            .unwrap()
     }
 }
 
@@ -292,13 +379,13 @@ impl Drop for Process {
 fn collect_lines(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     sink: Arc<Mutex<Vec<String>>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             sink.lock().unwrap().push(line);
         }
-    });
+    })
 }
 
 /// A function binary running in plain HTTP mode on a port of its choosing.

@@ -1,0 +1,54 @@
+//! `POST /apply`: stores a finance application for the caller and publishes
+//! `application_submitted`.
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, http::StatusCode, routing::post};
+use finapp_shared::{
+    Deps,
+    events::{Event, EventType},
+    finance::{ApplicationRequest, NewApplication},
+    http::{ApiError, AuthUser, Json},
+};
+use serde::{Deserialize, Serialize};
+
+pub fn router(deps: Arc<Deps>) -> Router {
+    Router::new().route("/apply", post(apply)).with_state(deps)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub message: String,
+    pub application_id: String,
+    pub submitted_by: String,
+}
+
+#[tracing::instrument(skip_all, fields(username = %user.username))]
+pub async fn apply(
+    State(deps): State<Arc<Deps>>,
+    user: AuthUser,
+    Json(body): Json<ApplicationRequest>,
+) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
+    let application = NewApplication::try_from(body).map_err(ApiError::Validation)?;
+    let id = deps
+        .store
+        .insert_application(&application, &user.username)
+        .await?;
+    tracing::info!(application_id = %id, "application submitted");
+
+    let message = format!(
+        "Application by {} for {}",
+        user.username, application.amount
+    );
+    let event = Event::new(EventType::ApplicationSubmitted, &user.username, message);
+    deps.events.emit(&event, &user.token).await;
+
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ApplyResponse {
+            message: "Finance application submitted".into(),
+            application_id: id.to_hex(),
+            submitted_by: user.username,
+        }),
+    ))
+}

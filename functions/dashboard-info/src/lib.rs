@@ -1,0 +1,35 @@
+//! `GET /dashboard-info`: the caller's applications counted by status, by the database.
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, routing::get};
+use finapp_shared::{
+    Deps,
+    http::{ApiError, AuthUser},
+    store::StatusCounts,
+};
+use serde::{Deserialize, Serialize};
+
+pub fn router(deps: Arc<Deps>) -> Router {
+    Router::new()
+        .route("/dashboard-info", get(dashboard_info))
+        .with_state(deps)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DashboardInfo {
+    pub username: String,
+    pub application_summary: StatusCounts,
+}
+
+#[tracing::instrument(skip_all, fields(username = %user.username))]
+pub async fn dashboard_info(
+    State(deps): State<Arc<Deps>>,
+    user: AuthUser,
+) -> Result<axum::Json<DashboardInfo>, ApiError> {
+    let application_summary = deps.store.status_counts(&user.username).await?;
+    Ok(axum::Json(DashboardInfo {
+        username: user.username,
+        application_summary,
+    }))
+}

@@ -1,0 +1,48 @@
+//! `PUT /update_status/{user}/{status}` (admin): decides every application of a user.
+//! The original had no admin check here; this one does.
+
+use std::sync::Arc;
+
+use axum::{Router, extract::State, routing::put};
+use finapp_shared::{
+    Deps,
+    finance::Status,
+    http::{AdminUser, ApiError, Path},
+    store::UpdateCounts,
+};
+use serde::{Deserialize, Serialize};
+
+pub fn router(deps: Arc<Deps>) -> Router {
+    Router::new()
+        .route("/update_status/{user}/{status}", put(update_status))
+        .with_state(deps)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpdateStatusResponse {
+    pub message: String,
+    #[serde(flatten)]
+    pub counts: UpdateCounts,
+}
+
+#[tracing::instrument(skip_all, fields(admin = %admin.username, user = %user))]
+pub async fn update_status(
+    State(deps): State<Arc<Deps>>,
+    AdminUser(admin): AdminUser,
+    Path((user, status)): Path<(String, String)>,
+) -> Result<axum::Json<UpdateStatusResponse>, ApiError> {
+    let status = Status::parse_decision(&status).map_err(ApiError::Validation)?;
+    let counts = deps
+        .store
+        .decide_for_user(&user, status, &admin.username)
+        .await?;
+    tracing::info!(
+        status = status.as_str(),
+        matched = counts.matched_count,
+        "status updated"
+    );
+    Ok(axum::Json(UpdateStatusResponse {
+        message: format!("Status updated to {}", status.as_str()),
+        counts,
+    }))
+}
