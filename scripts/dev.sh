@@ -22,5 +22,12 @@ cat >&2 <<'HELP'
 To create (or promote) an admin, in another shell with the same environment:
   echo 'a-strong-password' | JWT_SECRET_KEY="$(cat .dev/jwt_secret)" target/debug/finapp-admin create-admin alice
 HELP
+# The consumer is event-triggered: under `cargo lambda watch` it runs only when
+# invoked, so run it here in its long-running mode to fill user_analytics.
+mkdir -p .dev
+target/debug/notify-consumer >>.dev/notify-consumer.log 2>&1 &
+consumer=$!
+trap 'kill "$consumer" 2>/dev/null' EXIT
+echo "notify-consumer running (pid $consumer, logs in .dev/notify-consumer.log)" >&2
 echo "Serving every function on http://localhost:${FINAPP_PORT:-9000} (Ctrl-C to stop)" >&2
-exec cargo lambda watch --invoke-port "${FINAPP_PORT:-9000}"
+cargo lambda watch --invoke-port "${FINAPP_PORT:-9000}"

@@ -14,4 +14,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the integration tests run these binaries)" >&2
 cargo build --workspace --bins --locked
 echo "== cargo test" >&2
-cargo test --workspace --locked
+log="$(mktemp)"
+cargo test --workspace --locked 2>&1 | tee "$log"
+# cargo prints a result line per test target, most of them empty doc-test
+# targets; close with one line that totals them all.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"

@@ -48,6 +48,8 @@ pub struct Claims {
     /// The role when the token was issued; admin routes re-read it from the database.
     #[serde(default)]
     pub role: Role,
+    /// Absent from the original services' tokens, which the consumer still accepts.
+    #[serde(default)]
     pub iat: u64,
     pub exp: u64,
 }
@@ -72,7 +74,9 @@ pub struct TokenKeys {
 impl TokenKeys {
     pub fn new(config: &Config) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        // The original services signed `{sub, exp}` only; requiring more would
+        // reject their tokens (and their queued events) during a migration.
+        validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
         Self {
             encoding: EncodingKey::from_secret(config.jwt_secret_bytes()),
@@ -264,6 +268,26 @@ mod tests {
             assert_eq!(keys.verify(&token), Err(TokenError::Invalid));
             assert_eq!(keys.verify_signature(&token), Err(TokenError::Invalid));
         }
+    }
+
+    #[test]
+    fn a_token_from_the_original_services_without_iat_or_role_is_accepted() {
+        #[derive(Serialize)]
+        struct Original<'a> {
+            sub: &'a str,
+            exp: u64,
+        }
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Original {
+                sub: "legacy",
+                exp: unix_now() + 60,
+            },
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let claims = keys_with(SECRET).verify(&token).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.role), ("legacy", Role::User));
     }
 
     #[test]

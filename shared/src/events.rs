@@ -1,27 +1,50 @@
-//! Publishing domain events to RabbitMQ.
+//! Publishing domain events to RabbitMQ without ever losing one.
+//!
+//! [`Events::emit`] first records the event in the `outbox` collection, then
+//! publishes it (durable queue, persistent message, publisher confirm) and
+//! deletes the record. When the broker is down the request still succeeds and
+//! the record stays; [`Events::relay_outbox`] publishes it once the broker is
+//! back (the notify-consumer runs it continuously, and a publisher that saw a
+//! failure runs it after its next success). The consumer records each event id
+//! once, so an event relayed twice is still counted once.
 //!
 //! One connection and one confirm-mode channel per process, opened on first use
-//! and reopened after a failure, so a function starts (and serves) while the
-//! broker is down. Queues are durable, messages persistent, and each publish
-//! waits for the broker's confirm. The user's JWT travels in the `Authorization`
-//! header, as the original services sent it, so the consumer can reject forgeries.
+//! and reopened after a failure, so a function starts while the broker is down.
+//! The user's JWT travels in the `Authorization` header, as the original sent it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
+use mongodb::{
+    Collection,
+    bson::{DateTime, doc},
+    options::ReturnDocument,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::{config::Config, store::StoreError};
 
 /// How long a connect or a publish confirm may take before it counts as failed.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+/// An outbox record younger than this may still be in its first publish.
+const RELAY_GRACE: Duration = Duration::from_secs(10);
+/// How long a relay holds a record before another relay may try it.
+const RELAY_LEASE: Duration = Duration::from_secs(30);
+/// The queue that receives messages the consumer refuses, under the deployment's prefix.
+pub const DEAD_LETTER_QUEUE: &str = "finapp.dead_letter";
 
 /// The kinds of event, each with its own queue (names kept from the original).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,6 +108,20 @@ impl Event {
     }
 }
 
+/// An event waiting in the `outbox` collection to be published.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    /// The event id.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub event: Event,
+    /// The bearer token the event is published with.
+    pub token: String,
+    pub created_at: DateTime,
+    /// Not relayed before this time.
+    pub relay_after: DateTime,
+}
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -96,61 +133,149 @@ pub enum PublishError {
     Nacked,
 }
 
+/// Why a relay round stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// A message to publish as it travels: queue (without prefix), body, headers.
+pub struct Outgoing<'a> {
+    pub queue: &'a str,
+    pub body: &'a [u8],
+    pub message_id: &'a str,
+    pub kind: &'a str,
+    pub headers: FieldTable,
+}
+
 /// The process's publisher.
 pub struct Events {
     uri: SecretString,
     queue_prefix: String,
+    outbox: Collection<OutboxRecord>,
     link: Mutex<Option<(Connection, Channel)>>,
+    /// Set when a publish failed, so the next success also relays the backlog.
+    backlog: AtomicBool,
 }
 
 impl Events {
-    /// Remembers where the broker is; connects on first publish.
-    pub fn new(config: &Config) -> Self {
+    /// Remembers where the broker is (it connects on first publish) and where the outbox is.
+    pub fn new(config: &Config, outbox: Collection<OutboxRecord>) -> Self {
         Self {
             uri: config.rabbitmq_uri.clone(),
             queue_prefix: config.queue_prefix.clone(),
+            outbox,
             link: Mutex::new(None),
+            backlog: AtomicBool::new(false),
         }
     }
 
-    /// The full queue name for `kind` in this deployment.
-    pub fn queue_name(&self, kind: EventType) -> String {
-        format!("{}{}", self.queue_prefix, kind.queue())
+    /// The full name of `queue` in this deployment.
+    pub fn queue_name(&self, queue: &str) -> String {
+        format!("{}{queue}", self.queue_prefix)
+    }
+
+    /// The queue name `full` stands for once this deployment's prefix is removed.
+    pub fn strip_prefix<'a>(&self, full: &'a str) -> &'a str {
+        full.strip_prefix(self.queue_prefix.as_str())
+            .unwrap_or(full)
+    }
+
+    /// Records `event` in the outbox, then publishes it; never fails the caller.
+    /// Whatever goes wrong is logged, and the outbox keeps the event until it
+    /// is delivered.
+    pub async fn emit(self: &Arc<Self>, event: &Event, token: &SecretString) {
+        let now = DateTime::now();
+        let record = OutboxRecord {
+            id: event.id.to_string(),
+            event: event.clone(),
+            token: token.expose_secret().to_owned(),
+            created_at: now,
+            relay_after: later(now, RELAY_GRACE),
+        };
+        let recorded = match self.outbox.insert_one(&record).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(event_id = %event.id, error = %err, "event not recorded in the outbox");
+                false
+            }
+        };
+        match self.publish(event, token).await {
+            Ok(()) => {
+                tracing::debug!(event_id = %event.id, kind = ?event.kind, "event published");
+                if recorded {
+                    self.forget_record(&record.id).await;
+                }
+                if self.backlog.swap(false, Ordering::AcqRel) {
+                    self.relay_in_background();
+                }
+            }
+            Err(err) => {
+                self.backlog.store(true, Ordering::Release);
+                tracing::warn!(
+                    event_id = %event.id,
+                    kind = ?event.kind,
+                    error = %err,
+                    cause = ?std::error::Error::source(&err),
+                    in_outbox = recorded,
+                    "event not published; the outbox relay will deliver it"
+                );
+            }
+        }
+    }
+
+    /// Publishes outbox records whose grace period has passed, until none is
+    /// left or the broker fails; returns how many were published.
+    pub async fn relay_outbox(&self) -> Result<usize, RelayError> {
+        let mut relayed = 0;
+        loop {
+            let now = DateTime::now();
+            let claimed = self
+                .outbox
+                .find_one_and_update(
+                    doc! { "relay_after": { "$lte": now } },
+                    doc! { "$set": { "relay_after": later(now, RELAY_LEASE) } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(StoreError::from)?;
+            let Some(record) = claimed else {
+                return Ok(relayed);
+            };
+            self.publish(&record.event, &record.token.clone().into())
+                .await?;
+            self.forget_record(&record.id).await;
+            relayed += 1;
+        }
+    }
+
+    /// Relays whatever a failure left behind, without holding up the request.
+    fn relay_in_background(self: &Arc<Self>) {
+        let events = Arc::clone(self);
+        tokio::spawn(async move {
+            match events.relay_outbox().await {
+                Ok(count) => tracing::info!(count, "outbox backlog relayed"),
+                Err(err) => {
+                    events.backlog.store(true, Ordering::Release);
+                    tracing::warn!(error = %err, "outbox backlog not relayed yet");
+                }
+            }
+        });
+    }
+
+    async fn forget_record(&self, id: &str) {
+        if let Err(err) = self.outbox.delete_one(doc! { "_id": id }).await {
+            // The relay will publish it again; the consumer counts it once.
+            tracing::warn!(event_id = id, error = %err, "published event left in the outbox");
+        }
     }
 
     /// Publishes `event` with `token` in its `Authorization` header and waits
-    /// for the broker's confirm.
+    /// for the broker's confirm. Prefer [`Events::emit`], which cannot lose it.
     pub async fn publish(&self, event: &Event, token: &SecretString) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
-        let result = self.publish_on(&channel, event, token).await;
-        if result.is_err() {
-            // Reconnect next time rather than retrying on a channel in doubt.
-            self.forget(&channel).await;
-        }
-        result
-    }
-
-    /// Publishes and logs a failure instead of returning it: an event must
-    /// never fail the user's request.
-    pub async fn emit(&self, event: &Event, token: &SecretString) {
-        match self.publish(event, token).await {
-            Ok(()) => tracing::debug!(event_id = %event.id, kind = ?event.kind, "event published"),
-            Err(err) => tracing::error!(
-                event_id = %event.id,
-                kind = ?event.kind,
-                error = %err,
-                cause = ?std::error::Error::source(&err),
-                "event not published"
-            ),
-        }
-    }
-
-    async fn publish_on(
-        &self,
-        channel: &Channel,
-        event: &Event,
-        token: &SecretString,
-    ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("an Event always serializes");
         let mut headers = FieldTable::default();
         headers.insert(
@@ -160,14 +285,44 @@ impl Events {
                 token.expose_secret()
             ))),
         );
+        let message_id = event.id.to_string();
+        self.publish_raw(Outgoing {
+            queue: event.kind.queue(),
+            body: &body,
+            message_id: &message_id,
+            kind: event.kind.queue(),
+            headers,
+        })
+        .await
+    }
+
+    /// Publishes any message, persistent and confirmed, to a queue of this deployment.
+    pub async fn publish_raw(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let result = self.publish_on(&channel, message).await;
+        if result.is_err() {
+            // Reconnect next time rather than retrying on a channel in doubt.
+            self.forget_channel(&channel).await;
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        message: Outgoing<'_>,
+    ) -> Result<(), PublishError> {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(event.id.to_string().into())
-            .with_type(event.kind.queue().into())
-            .with_timestamp(u64::try_from(event.timestamp_ms / 1000).unwrap_or(0))
-            .with_headers(headers);
-        let queue = self.queue_name(event.kind);
+            .with_message_id(message.message_id.into())
+            .with_type(message.kind.into())
+            .with_timestamp(timestamp)
+            .with_headers(message.headers);
+        let queue = self.queue_name(message.queue);
         let confirm = tokio::time::timeout(BROKER_TIMEOUT, async {
             channel
                 .basic_publish(
@@ -177,7 +332,7 @@ impl Events {
                         mandatory: true,
                         ..Default::default()
                     },
-                    &body,
+                    message.body,
                     properties,
                 )
                 .await?
@@ -217,13 +372,11 @@ impl Events {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        for kind in EventType::ALL {
-            declare_queue(&channel, &self.queue_name(kind)).await?;
-        }
+        declare_queues(&channel, &self.queue_prefix).await?;
         Ok((connection, channel))
     }
 
-    async fn forget(&self, failed: &Channel) {
+    async fn forget_channel(&self, failed: &Channel) {
         let mut link = self.link.lock().await;
         if link
             .as_ref()
@@ -232,22 +385,42 @@ impl Events {
             *link = None;
         }
     }
+
+    /// Closes the broker connection, if one is open.
+    pub async fn close(&self) {
+        if let Some((connection, _)) = self.link.lock().await.take() {
+            let _ = connection.close(200, "bye".into()).await;
+        }
+    }
 }
 
-/// Declares a durable event queue. Publisher and consumer both call this, so
-/// the arguments must stay identical on both sides.
-pub async fn declare_queue(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|_| ())
+fn later(from: DateTime, by: Duration) -> DateTime {
+    DateTime::from_millis(
+        from.timestamp_millis()
+            .saturating_add(by.as_millis() as i64),
+    )
+}
+
+/// Declares every event queue and the dead-letter queue under `prefix`.
+/// Publishers and the consumer both call this, so the arguments stay identical.
+pub async fn declare_queues(channel: &Channel, prefix: &str) -> Result<(), lapin::Error> {
+    let names = EventType::ALL
+        .iter()
+        .map(|kind| kind.queue())
+        .chain([DEAD_LETTER_QUEUE]);
+    for name in names {
+        channel
+            .queue_declare(
+                format!("{prefix}{name}").as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

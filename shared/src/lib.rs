@@ -26,7 +26,7 @@ use crate::{
 pub struct Deps {
     pub config: Config,
     pub store: Store,
-    pub events: Events,
+    pub events: Arc<Events>,
     pub tokens: TokenKeys,
     pub passwords: Passwords,
 }
@@ -37,7 +37,7 @@ impl Deps {
         let store = Store::connect(&config).await?;
         store.ensure_indexes().await?;
         Ok(Arc::new(Self {
-            events: Events::new(&config),
+            events: Arc::new(Events::new(&config, store.outbox.clone())),
             tokens: TokenKeys::new(&config),
             passwords: Passwords::new(config.bcrypt_cost),
             store,
@@ -46,26 +46,29 @@ impl Deps {
     }
 }
 
-/// A function's whole `main`: logging, configuration, clients, then serving the
-/// routes `build` returns, in whichever runtime this process is in. Any start-up
-/// failure is logged and exits non-zero.
-pub async fn run(build: fn(Arc<Deps>) -> Router) -> ExitCode {
+/// Start-up shared by every binary: logging, configuration, clients. A failure
+/// is logged and becomes the exit code to return.
+pub async fn bootstrap() -> Result<Arc<Deps>, ExitCode> {
     telemetry::init();
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            tracing::error!(error = %err, "invalid configuration");
-            return ExitCode::FAILURE;
-        }
-    };
-    let port = config.port;
-    let deps = match Deps::connect(config).await {
+    let config = Config::from_env().map_err(|err| {
+        tracing::error!(error = %err, "invalid configuration");
+        ExitCode::FAILURE
+    })?;
+    Deps::connect(config).await.map_err(|err| {
+        let cause = std::error::Error::source(&err);
+        tracing::error!(error = %err, cause = ?cause, "cannot reach MongoDB");
+        ExitCode::FAILURE
+    })
+}
+
+/// A function's whole `main`: [`bootstrap`], then serving the routes `build`
+/// returns in whichever runtime this process is in.
+pub async fn run(build: fn(Arc<Deps>) -> Router) -> ExitCode {
+    let deps = match bootstrap().await {
         Ok(deps) => deps,
-        Err(err) => {
-            tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "cannot reach MongoDB");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
+    let port = deps.config.port;
     match http::serve(build(deps), port).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

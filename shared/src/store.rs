@@ -5,7 +5,7 @@
 //! field they might lack is optional and every field they wrote differently
 //! (the password as BSON binary) is read in both forms.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use futures_util::TryStreamExt as _;
 use mongodb::{
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     auth::Role,
     config::Config,
+    events::OutboxRecord,
     finance::{NewApplication, PageRequest, Status},
 };
 
@@ -160,6 +161,39 @@ pub struct UpdateCounts {
     pub modified_count: u64,
 }
 
+/// A document of `user_analytics`: the original's `username`, `event` and
+/// `timestamp`, plus the event's type and id. The id is also `_id`, so a
+/// redelivered event cannot be stored twice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalyticsDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub username: String,
+    pub event: String,
+    pub timestamp: DateTime,
+    pub received_at: DateTime,
+}
+
+/// What `GET /analytics` reports; every count is computed by the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalyticsSummary {
+    pub total_events: u64,
+    pub total_logins: u64,
+    pub total_financing_option_checks: u64,
+    pub logins_per_user: BTreeMap<String, u64>,
+    pub financing_checks_per_user: BTreeMap<String, u64>,
+    /// Keyed by event type; events the original wrote have none and count as `untyped`.
+    pub events_per_type: BTreeMap<String, u64>,
+}
+
+/// The substrings by which the original counted logins and financing checks,
+/// applied to every event's text so both generations of events count alike.
+pub const LOGIN_MARKER: &str = "logged in";
+pub const FINANCING_CHECK_MARKER: &str = "checked financing options";
+
 /// The database and its typed collections.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -169,6 +203,8 @@ pub struct Store {
     /// Options are only ever read and copied whole, so they stay documents.
     pub financing_options: Collection<Document>,
     pub selections: Collection<Document>,
+    pub outbox: Collection<OutboxRecord>,
+    pub analytics: Collection<AnalyticsDoc>,
 }
 
 impl Store {
@@ -206,6 +242,8 @@ impl Store {
             applications: db.collection("applications"),
             financing_options: db.collection("financing_options"),
             selections: db.collection("user_financing_selections"),
+            outbox: db.collection("outbox"),
+            analytics: db.collection("user_analytics"),
             db,
         }
     }
@@ -230,6 +268,9 @@ impl Store {
             .await?;
         self.applications
             .create_index(index(doc! { "submitted_by": 1, "submitted_at": -1 }).build())
+            .await?;
+        self.outbox
+            .create_index(index(doc! { "relay_after": 1 }).build())
             .await?;
         Ok(())
     }
@@ -437,6 +478,67 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Stores an analytics event; `false` when its id is already stored.
+    pub async fn insert_analytics(&self, event: &AnalyticsDoc) -> Result<bool, StoreError> {
+        match self.analytics.insert_one(event).await {
+            Ok(_) => Ok(true),
+            Err(err) if is_duplicate_key(&err) => Ok(false),
+            Err(err) => Err(StoreError(err)),
+        }
+    }
+
+    /// Summarises `user_analytics` with aggregations whose results grow with the
+    /// number of users and types, never with the number of events.
+    pub async fn analytics_summary(&self) -> Result<AnalyticsSummary, StoreError> {
+        let logins_per_user = self
+            .count_by("$username", Some(LOGIN_MARKER), "unknown")
+            .await?;
+        let financing_checks_per_user = self
+            .count_by("$username", Some(FINANCING_CHECK_MARKER), "unknown")
+            .await?;
+        Ok(AnalyticsSummary {
+            total_events: self.analytics.count_documents(doc! {}).await?,
+            total_logins: logins_per_user.values().sum(),
+            total_financing_option_checks: financing_checks_per_user.values().sum(),
+            events_per_type: self.count_by("$type", None, "untyped").await?,
+            logins_per_user,
+            financing_checks_per_user,
+        })
+    }
+
+    /// Counts events grouped by `field`, only those whose text contains `marker`
+    /// when one is given; a missing or non-string key counts under `fallback`.
+    async fn count_by(
+        &self,
+        field: &str,
+        marker: Option<&str>,
+        fallback: &str,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut pipeline = Vec::new();
+        if let Some(marker) = marker {
+            pipeline.push(doc! { "$match": { "event": { "$regex": regex_escape(marker) } } });
+        }
+        pipeline.push(doc! { "$group": { "_id": field, "count": { "$sum": 1 } } });
+        let mut groups = self.analytics.aggregate(pipeline).await?;
+        let mut counts = BTreeMap::new();
+        while let Some(group) = groups.try_next().await? {
+            let key = group.get_str("_id").unwrap_or(fallback).to_owned();
+            *counts.entry(key).or_default() += group.get("count").and_then(as_u64).unwrap_or(0);
+        }
+        Ok(counts)
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = "\\.^$|?*+()[]{}".contains(c);
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
 fn status_update(status: Status, by: &str) -> Document {
     let change = StatusChange::now(status, by);
     doc! {
@@ -547,6 +649,12 @@ mod tests {
                 "nested": { "tags": ["a", 1] },
             })
         );
+    }
+
+    #[test]
+    fn markers_are_matched_literally() {
+        assert_eq!(regex_escape("logged in"), "logged in");
+        assert_eq!(regex_escape("a.b*(c)"), "a\\.b\\*\\(c\\)");
     }
 
     #[test]

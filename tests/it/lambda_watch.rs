@@ -4,14 +4,20 @@
 
 use std::{net::TcpListener, time::Duration};
 
-use finapp_tests::{Process, TestEnv, send, wait_for, workspace_root};
-use serde_json::json;
+use base64::Engine as _;
+use finapp_shared::{
+    auth::{Claims, Role},
+    events::{Event, EventType},
+};
+use finapp_tests::{Process, TestEnv, expose, send, wait_for, workspace_root};
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 /// A `cargo lambda watch` serving every function with this test's environment.
 struct Watch {
     _process: Process,
     base_url: String,
+    port: u16,
 }
 
 impl Watch {
@@ -44,6 +50,7 @@ impl Watch {
         Self {
             _process: process,
             base_url,
+            port,
         }
     }
 }
@@ -174,4 +181,94 @@ async fn finance_and_admin_routes_work_through_cargo_lambda_watch() {
         (200, &json!("approved")),
         "{decided}"
     );
+}
+
+/// Amazon MQ's form of a string header: its UTF-8 bytes.
+fn mq_header(text: &str) -> Value {
+    json!({ "bytes": text.as_bytes() })
+}
+
+#[tokio::test]
+async fn notify_consumer_records_an_amazon_mq_batch_once_however_often_it_is_retried() {
+    let env = TestEnv::new();
+    let watch = Watch::start(&env).await;
+    let deps = env.deps().await;
+    let token = deps.tokens.issue("mq_user", Role::User);
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims {
+            sub: "mq_user".into(),
+            role: Role::Admin,
+            iat: 1,
+            exp: u64::MAX / 2,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(b"forged-forged-forged-forged-forged!"),
+    )
+    .unwrap();
+
+    // The committed fixture is a real-shaped event (with "priority": null);
+    // its one message is the template for this test's three.
+    let fixture = workspace_root().join("functions/notify-consumer/fixtures/rmq-event.json");
+    let mut event: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let template = event["rmqMessagesByQueue"]["user_activity::/"][0].clone();
+    let message = |data: &[u8], authorization: Value| {
+        let mut message = template.clone();
+        message["data"] = json!(b64(data));
+        message["basicProperties"]["headers"]["Authorization"] = authorization;
+        message
+    };
+    let login = Event::new(EventType::UserActivity, "mq_user", "User mq_user logged in");
+    event["rmqMessagesByQueue"] = json!({
+        format!("{}::/", env.queue(EventType::UserActivity)): [
+            message(&serde_json::to_vec(&login).unwrap(), mq_header(&format!("Bearer {}", expose(&token)))),
+            // The original's format: plain text and a bare token as a plain string.
+            message(b"User mq_user checked financing options", json!(expose(&token))),
+            message(&serde_json::to_vec(&login).unwrap(), mq_header(&format!("Bearer {forged}"))),
+        ]
+    });
+    let data_file = std::env::temp_dir().join(format!("{}-rmq-event.json", env.database));
+    std::fs::write(&data_file, serde_json::to_vec(&event).unwrap()).unwrap();
+
+    let invoke = || async {
+        let output = tokio::process::Command::new("cargo")
+            .args([
+                "lambda",
+                "invoke",
+                "notify-consumer",
+                "--output-format",
+                "json",
+            ])
+            .arg("--data-file")
+            .arg(&data_file)
+            .args(["--invoke-port", &watch.port.to_string()])
+            .current_dir(workspace_root())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str::<Value>(&stdout).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+    };
+
+    assert_eq!(
+        invoke().await,
+        json!({"recorded": 2, "duplicates": 0, "dead_lettered": 1})
+    );
+    // Amazon MQ retries a whole batch; nothing is counted twice.
+    assert_eq!(
+        invoke().await,
+        json!({"recorded": 0, "duplicates": 2, "dead_lettered": 1})
+    );
+    assert_eq!(env.count("user_analytics").await, 2);
+    let dead = env
+        .next_message_on(&format!("{}finapp.dead_letter", env.queue_prefix))
+        .await;
+    assert_eq!(dead.delivery.data, serde_json::to_vec(&login).unwrap());
+    let _ = std::fs::remove_file(data_file);
 }

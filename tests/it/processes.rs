@@ -114,3 +114,41 @@ async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
         "logs were not captured:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn the_notify_consumer_process_records_events_and_stops_cleanly_on_sigterm() {
+    let env = TestEnv::new();
+    let mut command = Command::new(function_binary("notify-consumer"));
+    command.env_clear().envs(env.vars());
+    let mut consumer = Process::spawn(command);
+    consumer
+        .wait_for_line("\"consuming\"", Duration::from_secs(10))
+        .await;
+    let signup = FunctionProcess::start("signup", &env).await;
+
+    let (status, _) = send(
+        reqwest::Client::new()
+            .post(format!("{}/signup", signup.base_url))
+            .json(&json!({"username": "consumed", "password": "secure_password"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    finapp_tests::wait_for("the sign-up recorded", Duration::from_secs(10), || async {
+        (env.count("user_analytics").await == 1).then_some(())
+    })
+    .await;
+
+    consumer.signal(Signal::SIGTERM);
+    let status = consumer.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "{status}: {}",
+        consumer.output().join("\n")
+    );
+    assert!(
+        consumer
+            .output()
+            .iter()
+            .any(|line| line.contains("consumer stopped"))
+    );
+}

@@ -57,6 +57,7 @@ pub struct TestEnv {
     pub queue_prefix: String,
     pub jwt_secret: String,
     pub bcrypt_cost: u32,
+    pub rabbitmq_uri: String,
 }
 
 impl TestEnv {
@@ -71,6 +72,7 @@ impl TestEnv {
             queue_prefix: format!("test.{}.", &id[..20]),
             jwt_secret: format!("test-secret-{id}"),
             bcrypt_cost,
+            rabbitmq_uri: RABBITMQ_URI.into(),
         }
     }
 
@@ -79,11 +81,17 @@ impl TestEnv {
         vec![
             ("MONGODB_URI", MONGODB_URI.into()),
             ("MONGODB_DATABASE", self.database.clone()),
-            ("RABBITMQ_URI", RABBITMQ_URI.into()),
+            ("RABBITMQ_URI", self.rabbitmq_uri.clone()),
             ("RABBITMQ_QUEUE_PREFIX", self.queue_prefix.clone()),
             ("JWT_SECRET_KEY", self.jwt_secret.clone()),
             ("BCRYPT_COST", self.bcrypt_cost.to_string()),
         ]
+    }
+
+    /// This test's environment with the broker at `uri` instead of the shared one.
+    pub fn with_broker(mut self, uri: &str) -> Self {
+        self.rabbitmq_uri = uri.to_owned();
+        self
     }
 
     pub fn config(&self) -> Config {
@@ -124,11 +132,28 @@ impl TestEnv {
 
     /// Takes the next message from this test's queue for `kind`, waiting up to 10 s.
     pub async fn next_message(&self, kind: EventType) -> BasicGetMessage {
-        let connection = Connection::connect(RABBITMQ_URI, ConnectionProperties::default())
+        self.next_message_on(&self.queue(kind)).await
+    }
+
+    /// Takes the next message from the queue named `queue`, waiting up to 10 s.
+    pub async fn next_message_on(&self, queue: &str) -> BasicGetMessage {
+        let connection = Connection::connect(&self.rabbitmq_uri, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is running (scripts/services.sh)");
         let channel = connection.create_channel().await.unwrap();
-        let queue = self.queue(kind);
+        // A queue that does not exist yet would close the channel on basic_get.
+        channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = queue.to_owned();
         let message = wait_for(
             &format!("a message on {queue}"),
             Duration::from_secs(10),
@@ -162,7 +187,7 @@ impl Default for TestEnv {
 
 /// Every HTTP function's routes, merged, for tests that exercise several at once.
 pub fn all_functions(deps: Arc<Deps>) -> Router {
-    let builders: [fn(Arc<Deps>) -> Router; 10] = [
+    let builders: [fn(Arc<Deps>) -> Router; 11] = [
         signup::router,
         login::router,
         apply::router,
@@ -173,6 +198,7 @@ pub fn all_functions(deps: Arc<Deps>) -> Router {
         update_status::router,
         admin_applications::router,
         admin_update_status::router,
+        analytics::router,
     ];
     builders.into_iter().fold(Router::new(), |router, build| {
         router.merge(build(deps.clone()))
@@ -413,6 +439,143 @@ impl FunctionProcess {
             process,
             base_url: format!("http://127.0.0.1:{port}"),
         }
+    }
+}
+
+/// A RabbitMQ node of one test's own, on its own ports and data directory, so
+/// the test can stop and restart "the broker" without disturbing other tests.
+pub struct PrivateBroker {
+    pub uri: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    process: Option<Process>,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> Self {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let dir = std::env::temp_dir().join(format!("finapp-rabbit-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
+        let port = free_port();
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let env = vec![
+            (
+                "RABBITMQ_NODENAME".to_string(),
+                format!("finapp_{id}@localhost"),
+            ),
+            ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
+            ("RABBITMQ_NODE_PORT".into(), port.to_string()),
+            ("RABBITMQ_DIST_PORT".into(), free_port().to_string()),
+            ("RABBITMQ_MNESIA_BASE".into(), path("mnesia")),
+            ("RABBITMQ_LOG_BASE".into(), path("log")),
+            ("RABBITMQ_PID_FILE".into(), path("pid")),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
+                path("enabled_plugins"),
+            ),
+            ("RABBITMQ_CONF_ENV_FILE".into(), path("rabbitmq-env.conf")),
+        ];
+        let mut broker = Self {
+            uri: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            port,
+            env,
+            process: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    /// Starts the node again on the same ports and data (durable queues survive).
+    pub async fn resume(&mut self) {
+        // Debian's /usr/sbin wrapper re-runs the server as the rabbitmq user via
+        // su, which neither keeps this process group nor can write our
+        // directory; the real script underneath runs as the caller.
+        let debian = std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        let mut command = Command::new(if debian.exists() {
+            debian.as_os_str()
+        } else {
+            "rabbitmq-server".as_ref()
+        });
+        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.process = Some(Process::spawn(command));
+        let port = self.port;
+        wait_for(
+            "the private RabbitMQ node to accept AMQP",
+            Duration::from_secs(90),
+            || async move {
+                Connection::connect(
+                    &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+                    ConnectionProperties::default(),
+                )
+                .await
+                .ok()
+                .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Stops the node (SIGTERM, as an orderly shutdown) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        let mut process = self.process.take().expect("broker is running");
+        process.signal(Signal::SIGTERM);
+        process.wait_exit(Duration::from_secs(60)).await;
+        let port = self.port;
+        wait_for(
+            "the private RabbitMQ port to close",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .err()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+}
+
+/// A port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the notify-consumer's long-running mode in-process until dropped.
+pub struct ConsumerTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConsumerTask {
+    pub fn spawn(deps: Arc<Deps>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(notify_consumer::amqp::run(deps, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops consuming and waits for in-flight messages to settle.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ConsumerTask {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -1,0 +1,228 @@
+//! The long-running runtime: consume the four queues with lapin until stopped.
+//!
+//! Prefetch is bounded, each message is acked only after its write succeeded
+//! (or after it reached the dead-letter queue), a database failure requeues it,
+//! and a lost connection is re-established with exponential backoff. The same
+//! process relays the publishers' outbox once a second.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use finapp_shared::{
+    Deps,
+    events::{DEAD_LETTER_QUEUE, EventType, Outgoing, declare_queues},
+};
+use futures_util::StreamExt as _;
+use lapin::{
+    Connection, ConnectionProperties,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use secrecy::ExposeSecret as _;
+use tokio::sync::watch;
+
+use crate::process::{Incoming, Outcome, process};
+
+/// Unacknowledged messages the broker may hand this process per queue.
+pub const PREFETCH: u16 = 256;
+/// Messages processed at once.
+pub const CONCURRENCY: usize = 128;
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const RELAY_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before requeueing after a database failure, so a down database is not hammered.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Consumes and relays until `shutdown` resolves, then lets in-flight work end.
+pub async fn run(deps: Arc<Deps>, shutdown: impl Future<Output = ()>) {
+    let (stop, stopped) = watch::channel(false);
+    let relay = tokio::spawn(relay_outbox(deps.clone(), stopped.clone()));
+    let consumer = tokio::spawn(consume(deps.clone(), stopped));
+    shutdown.await;
+    let _ = stop.send(true);
+    let _ = tokio::join!(relay, consumer);
+    deps.events.close().await;
+    tracing::info!("consumer stopped");
+}
+
+async fn relay_outbox(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        match deps.events.relay_outbox().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "outbox events relayed"),
+            Err(err) => tracing::debug!(error = %err, "outbox relay waiting for the broker"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RELAY_INTERVAL) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+async fn consume(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match session(&deps, &mut stopped, &mut backoff).await {
+            Ok(()) if *stopped.borrow() => return,
+            Ok(()) => tracing::warn!("broker connection lost"),
+            Err(err) => tracing::warn!(error = %err, retry_in = ?backoff, "cannot consume"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection's life: returns when it drops or when asked to stop.
+async fn session(
+    deps: &Arc<Deps>,
+    stopped: &mut watch::Receiver<bool>,
+    backoff: &mut Duration,
+) -> Result<(), lapin::Error> {
+    let prefix = &deps.config.queue_prefix;
+    let connection = Connection::connect(
+        deps.config.rabbitmq_uri.expose_secret(),
+        ConnectionProperties::default().with_connection_name("finapp-notify-consumer".into()),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    declare_queues(&channel, prefix).await?;
+    let mut streams = Vec::new();
+    for kind in EventType::ALL {
+        let queue = deps.events.queue_name(kind.queue());
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("notify-consumer.{}", kind.queue()).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        streams.push(consumer.map(move |delivery| (kind, delivery)));
+    }
+    *backoff = MIN_BACKOFF;
+    tracing::info!("consuming");
+
+    let work = futures_util::stream::select_all(streams)
+        .take_while(|(_, delivery)| {
+            if let Err(err) = delivery {
+                tracing::warn!(error = %err, "consumer stream failed");
+            }
+            std::future::ready(delivery.is_ok())
+        })
+        .filter_map(|(kind, delivery)| std::future::ready(delivery.ok().map(|d| (kind, d))))
+        .for_each_concurrent(CONCURRENCY, |(kind, delivery)| handle(deps, kind, delivery));
+    let stop_requested = tokio::select! {
+        () = work => false,
+        _ = stopped.wait_for(|stop| *stop) => true,
+    };
+    if stop_requested {
+        // Unacked messages return to their queues when the connection closes.
+        let _ = connection.close(200, "shutting down".into()).await;
+    }
+    Ok(())
+}
+
+async fn handle(deps: &Deps, kind: EventType, delivery: Delivery) {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let authorization = header_text(&headers, "Authorization");
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string());
+    let incoming = Incoming {
+        queue: kind.queue(),
+        body: &delivery.data,
+        authorization: authorization.as_deref(),
+        message_id: message_id.as_deref(),
+    };
+    let settled = match process(deps, incoming).await {
+        Ok(Outcome::Recorded | Outcome::Duplicate) => true,
+        Ok(Outcome::Rejected(rejection)) => {
+            tracing::warn!(
+                queue = kind.queue(),
+                reason = rejection.reason(),
+                "message dead-lettered"
+            );
+            dead_letter(
+                deps,
+                kind.queue(),
+                &delivery.data,
+                headers,
+                rejection.reason(),
+            )
+            .await
+        }
+        Err(err) => {
+            tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "message not recorded; requeueing");
+            tokio::time::sleep(RETRY_PAUSE).await;
+            false
+        }
+    };
+    let acked = if settled {
+        delivery.ack(BasicAckOptions::default()).await
+    } else {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+    };
+    if let Err(err) = acked {
+        // The broker will redeliver; the write is idempotent.
+        tracing::warn!(error = %err, "acknowledgement failed");
+    }
+}
+
+/// Publishes a refused message to the dead-letter queue with its reason;
+/// `false` if that failed, so the message is requeued rather than lost.
+pub async fn dead_letter(
+    deps: &Deps,
+    queue: &str,
+    body: &[u8],
+    mut headers: FieldTable,
+    reason: &str,
+) -> bool {
+    headers.insert(
+        "x-finapp-reason".into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    headers.insert(
+        "x-finapp-queue".into(),
+        AMQPValue::LongString(LongString::from(queue)),
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    let outgoing = Outgoing {
+        queue: DEAD_LETTER_QUEUE,
+        body,
+        message_id: &id,
+        kind: "dead_letter",
+        headers,
+    };
+    match deps.events.publish_raw(outgoing).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(error = %err, "dead-letter publish failed; requeueing");
+            false
+        }
+    }
+}
+
+/// A header as text, whichever string type the publisher used.
+pub fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.to_string()),
+        AMQPValue::ByteArray(value) => Some(String::from_utf8_lossy(value.as_slice()).into_owned()),
+        _ => None,
+    }
+}

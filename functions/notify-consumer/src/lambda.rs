@@ -1,0 +1,191 @@
+//! The Lambda runtime: Amazon MQ for RabbitMQ event batches.
+//!
+//! The event is parsed with our own lenient types: real events carry fields such
+//! as `"priority": null` that stricter types reject. Amazon MQ retries a whole
+//! batch when the function fails, so every message is processed before a
+//! database failure is reported, and the idempotent write makes the retry count
+//! each event once.
+
+use std::{collections::HashMap, sync::Arc};
+
+use base64::Engine as _;
+use finapp_shared::Deps;
+use lambda_runtime::{LambdaEvent, service_fn};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    amqp::dead_letter,
+    process::{Incoming, Outcome, Rejection, process},
+};
+
+/// An Amazon MQ for RabbitMQ event (`eventSource: aws:rmq`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitMqEvent {
+    #[serde(default)]
+    pub event_source: Option<String>,
+    /// Keyed `queue::vhost`.
+    #[serde(default)]
+    pub rmq_messages_by_queue: HashMap<String, Vec<RabbitMqMessage>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitMqMessage {
+    #[serde(default)]
+    pub basic_properties: BasicProperties,
+    #[serde(default)]
+    pub redelivered: bool,
+    /// The body, base64-encoded.
+    #[serde(default)]
+    pub data: String,
+}
+
+/// Only the properties the consumer reads; every other field, null or not, is ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicProperties {
+    #[serde(default)]
+    pub headers: Option<HashMap<String, Value>>,
+    #[serde(default)]
+    pub message_id: Option<String>,
+}
+
+impl BasicProperties {
+    /// A header as text: Amazon MQ sends AMQP strings as `{"bytes": [...]}`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let value = self.headers.as_ref()?.get(name)?;
+        match value {
+            Value::String(text) => Some(text.clone()),
+            Value::Object(object) => bytes_to_text(object.get("bytes")?),
+            Value::Array(_) => bytes_to_text(value),
+            _ => None,
+        }
+    }
+}
+
+fn bytes_to_text(value: &Value) -> Option<String> {
+    let bytes: Vec<u8> = value
+        .as_array()?
+        .iter()
+        .map(|byte| byte.as_i64().map(|b| b as u8))
+        .collect::<Option<_>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// What one batch came to; returned as the invocation's result.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReport {
+    pub recorded: usize,
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+}
+
+/// Why a batch must be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of the batch's messages could not be recorded or dead-lettered; retry the batch")]
+pub struct BatchError {
+    pub failed: usize,
+}
+
+impl From<BatchError> for lambda_runtime::Diagnostic {
+    fn from(err: BatchError) -> Self {
+        Self {
+            error_type: "BatchRetry".into(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+/// Serves Lambda invocations until the runtime stops.
+pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<RabbitMqEvent>| {
+        let deps = deps.clone();
+        async move { handle_batch(&deps, event.payload).await }
+    }))
+    .await
+}
+
+/// Processes every message of `event`; fails (so the batch is retried) if any
+/// message could not be settled.
+pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchReport, BatchError> {
+    let mut report = BatchReport::default();
+    let mut failed = 0;
+    for (key, messages) in &event.rmq_messages_by_queue {
+        let full_queue = key.split("::").next().unwrap_or(key);
+        let queue = deps.events.strip_prefix(full_queue);
+        for message in messages {
+            let authorization = message.basic_properties.header("Authorization");
+            let decoded = base64::engine::general_purpose::STANDARD.decode(message.data.trim());
+            let outcome = match &decoded {
+                Ok(body) => {
+                    let incoming = Incoming {
+                        queue,
+                        body,
+                        authorization: authorization.as_deref(),
+                        message_id: message.basic_properties.message_id.as_deref(),
+                    };
+                    process(deps, incoming).await
+                }
+                Err(_) => Ok(Outcome::Rejected(Rejection::NotBase64)),
+            };
+            match outcome {
+                Ok(Outcome::Recorded) => report.recorded += 1,
+                Ok(Outcome::Duplicate) => report.duplicates += 1,
+                Ok(Outcome::Rejected(rejection)) => {
+                    tracing::warn!(queue, reason = rejection.reason(), "message dead-lettered");
+                    let body = decoded.as_deref().unwrap_or(message.data.as_bytes());
+                    let mut headers = FieldTable::default();
+                    if let Some(value) = &authorization {
+                        headers.insert(
+                            "Authorization".into(),
+                            AMQPValue::LongString(LongString::from(value.as_str())),
+                        );
+                    }
+                    if dead_letter(deps, queue, body, headers, rejection.reason()).await {
+                        report.dead_lettered += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "message not recorded");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    // Outbox events wait for a publisher's next success or for this relay.
+    match deps.events.relay_outbox().await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "outbox events relayed"),
+        Err(err) => tracing::warn!(error = %err, "outbox relay failed"),
+    }
+    tracing::info!(?report, failed, "batch processed");
+    if failed > 0 {
+        Err(BatchError { failed })
+    } else {
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_event_with_null_fields_and_byte_headers_parses() {
+        let event: RabbitMqEvent =
+            serde_json::from_str(include_str!("../fixtures/rmq-event.json")).unwrap();
+        let messages = &event.rmq_messages_by_queue["user_activity::/"];
+        let properties = &messages[0].basic_properties;
+        assert_eq!(
+            properties.header("Authorization").as_deref(),
+            Some("Bearer TOKEN")
+        );
+        assert_eq!(properties.header("numberInHeader"), None);
+        assert_eq!(event.event_source.as_deref(), Some("aws:rmq"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Deciding what one message is, and recording it: the part both runtimes share.
+
+use finapp_shared::{
+    Deps,
+    events::{Event, EventType},
+    store::{AnalyticsDoc, StoreError},
+};
+use mongodb::bson::DateTime;
+use uuid::Uuid;
+
+/// The largest message body accepted; events are a few hundred bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Namespace for the ids derived from messages in the original's plain-text
+/// format, which carry none of their own.
+const LEGACY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1e_4a1c_9f7e_4d2b_8c3a_f1a2_b3c4_d5e6);
+
+/// One message as either runtime hands it over.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    /// The queue name without the deployment prefix.
+    pub queue: &'a str,
+    pub body: &'a [u8],
+    /// The `Authorization` header: `Bearer <jwt>`, or the bare JWT as the original sent it.
+    pub authorization: Option<&'a str>,
+    /// The AMQP `message_id` property, if any.
+    pub message_id: Option<&'a str>,
+}
+
+/// What became of a message. Only `Rejected` messages go to the dead-letter queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Recorded,
+    /// Already recorded: a redelivery or a relayed copy.
+    Duplicate,
+    Rejected(Rejection),
+}
+
+/// Why a message can never be recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    UnknownQueue,
+    TooLarge,
+    MissingToken,
+    InvalidToken,
+    NotUtf8,
+    MalformedJson,
+    UnknownType,
+    TypeMismatch,
+    UserMismatch,
+    NotBase64,
+}
+
+impl Rejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::UnknownQueue => "unknown queue",
+            Rejection::TooLarge => "message larger than 64 KiB",
+            Rejection::MissingToken => "no Authorization header",
+            Rejection::InvalidToken => "token is forged or malformed",
+            Rejection::NotUtf8 => "body is not UTF-8",
+            Rejection::MalformedJson => "body is malformed JSON or lacks event fields",
+            Rejection::UnknownType => "unknown event type",
+            Rejection::TypeMismatch => "event type does not match its queue",
+            Rejection::UserMismatch => "event username does not match its token",
+            Rejection::NotBase64 => "Lambda message data is not base64",
+        }
+    }
+}
+
+/// Checks a message and records it. `Err` means the database failed and the
+/// message should be retried; everything about the message itself is an [`Outcome`].
+pub async fn process(deps: &Deps, message: Incoming<'_>) -> Result<Outcome, StoreError> {
+    let doc = match analytics_doc(deps, message) {
+        Ok(doc) => doc,
+        Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+    };
+    Ok(if deps.store.insert_analytics(&doc).await? {
+        Outcome::Recorded
+    } else {
+        Outcome::Duplicate
+    })
+}
+
+/// Everything short of the write: authenticate, parse, and shape the document.
+pub fn analytics_doc(deps: &Deps, message: Incoming<'_>) -> Result<AnalyticsDoc, Rejection> {
+    let kind = EventType::from_queue(message.queue).ok_or(Rejection::UnknownQueue)?;
+    if message.body.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejection::TooLarge);
+    }
+    let token = message
+        .authorization
+        .map(|value| bearer_token(value.trim()))
+        .filter(|token| !token.is_empty())
+        .ok_or(Rejection::MissingToken)?;
+    // Signature only: a genuine event stays valid however long it waited.
+    let claims = deps
+        .tokens
+        .verify_signature(token)
+        .map_err(|_| Rejection::InvalidToken)?;
+    let text = std::str::from_utf8(message.body).map_err(|_| Rejection::NotUtf8)?;
+    let now = DateTime::now();
+
+    if !text.trim_start().starts_with('{') {
+        // The original's format: plain text, the user known only from the token.
+        let id = match message.message_id.filter(|id| !id.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => legacy_id(message.queue, token, text).to_string(),
+        };
+        return Ok(AnalyticsDoc {
+            id: id.clone(),
+            event_id: id,
+            kind: kind.queue().to_owned(),
+            username: claims.sub,
+            event: text.to_owned(),
+            timestamp: now,
+            received_at: now,
+        });
+    }
+
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| Rejection::MalformedJson)?;
+    let declared = value
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(Rejection::MalformedJson)?;
+    let declared = EventType::from_queue(declared).ok_or(Rejection::UnknownType)?;
+    if declared != kind {
+        return Err(Rejection::TypeMismatch);
+    }
+    let event: Event = serde_json::from_value(value).map_err(|_| Rejection::MalformedJson)?;
+    if event.username != claims.sub {
+        return Err(Rejection::UserMismatch);
+    }
+    let id = event.id.to_string();
+    Ok(AnalyticsDoc {
+        id: id.clone(),
+        event_id: id,
+        kind: kind.queue().to_owned(),
+        username: event.username,
+        event: event.message,
+        timestamp: DateTime::from_millis(event.timestamp_ms),
+        received_at: now,
+    })
+}
+
+fn bearer_token(value: &str) -> &str {
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value,
+    }
+}
+
+/// A stable id for a plain-text message, so its redeliveries are recognised.
+fn legacy_id(queue: &str, token: &str, text: &str) -> Uuid {
+    let key = [queue, token, text].join("\n");
+    Uuid::new_v5(&LEGACY_ID_NAMESPACE, key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_optional_as_the_original_sent_bare_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), "abc");
+        assert_eq!(bearer_token("bearer  abc"), "abc");
+        assert_eq!(bearer_token("abc"), "abc");
+    }
+
+    #[test]
+    fn a_plain_text_message_gets_the_same_id_on_every_delivery() {
+        let first = legacy_id("user_activity", "t", "User x logged in");
+        assert_eq!(first, legacy_id("user_activity", "t", "User x logged in"));
+        assert_ne!(
+            first,
+            legacy_id("user_activity", "t", "User x logged in again")
+        );
+    }
+}

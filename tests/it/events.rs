@@ -1,0 +1,396 @@
+//! The event pipeline end to end: publishers, RabbitMQ, notify-consumer,
+//! `user_analytics`, and `GET /analytics`, all real.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use finapp_shared::{
+    auth::{Claims, Role},
+    events::{DEAD_LETTER_QUEUE, Event, EventType},
+};
+use finapp_tests::{ConsumerTask, PrivateBroker, TestApp, TestEnv, all_functions, send, wait_for};
+use jsonwebtoken::{EncodingKey, Header};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::BasicPublishOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use mongodb::bson::{DateTime, Document, doc};
+use notify_consumer::process::{Incoming, Outcome, process};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Publishes a raw message onto `queue`, as any client of the broker could.
+async fn publish_raw(env: &TestEnv, queue: &str, body: &[u8], authorization: Option<&str>) {
+    let connection = Connection::connect(&env.rabbitmq_uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    if let Some(value) = authorization {
+        headers.insert(
+            "Authorization".into(),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_headers(headers)
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn analytics(app: &TestApp, admin: &str) -> Value {
+    let (status, summary) = send(app.authed(Method::GET, "/analytics", admin)).await;
+    assert_eq!(status, 200, "{summary}");
+    summary
+}
+
+fn token(env: &TestEnv, sub: &str, exp: u64, secret: Option<&str>) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        role: Role::User,
+        iat: 1,
+        exp,
+    };
+    let key = EncodingKey::from_secret(secret.unwrap_or(&env.jwt_secret).as_bytes());
+    jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn analytics_counts_exactly_the_logins_and_checks_a_user_made() {
+    let env = TestEnv::new();
+    let app = TestApp::spawn(&env, all_functions).await;
+    let consumer = ConsumerTask::spawn(env.deps().await);
+    let admin = app.admin_token("analyst").await;
+    let credentials = json!({"username": "busy_user", "password": "secure_password"});
+
+    let (status, _) = app.post_json("/signup", &credentials).await;
+    assert_eq!(status, 201);
+    let mut token = String::new();
+    for _ in 0..3 {
+        let (status, login) = app.post_json("/login", &credentials).await;
+        assert_eq!(status, 200);
+        token = login["access_token"].as_str().unwrap().to_owned();
+    }
+    for _ in 0..2 {
+        let (status, _) = send(app.authed(Method::GET, "/financing-options", &token)).await;
+        assert_eq!(status, 200);
+    }
+    app.apply(&token, 15000.0).await;
+
+    // signup + 3 logins + 2 checks + 1 application = 7 events.
+    let summary = wait_for(
+        "all 7 events in user_analytics",
+        Duration::from_secs(30),
+        || async {
+            let summary = analytics(&app, &admin).await;
+            (summary["total_events"] == 7).then_some(summary)
+        },
+    )
+    .await;
+    assert_eq!(summary["logins_per_user"], json!({"busy_user": 3}));
+    assert_eq!(
+        summary["financing_checks_per_user"],
+        json!({"busy_user": 2})
+    );
+    assert_eq!(
+        (
+            summary["total_logins"].as_u64(),
+            summary["total_financing_option_checks"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+    assert_eq!(
+        summary["events_per_type"],
+        json!({"user_registered": 1, "user_activity": 5, "application_submitted": 1})
+    );
+    assert_eq!(
+        env.count("outbox").await,
+        0,
+        "published events were left in the outbox"
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn analytics_with_no_events_has_the_same_shape_with_zeros() {
+    let env = TestEnv::new();
+    let app = TestApp::spawn(&env, all_functions).await;
+    let admin = app.admin_token("analyst").await;
+
+    assert_eq!(
+        analytics(&app, &admin).await,
+        json!({
+            "total_events": 0, "total_logins": 0, "total_financing_option_checks": 0,
+            "logins_per_user": {}, "financing_checks_per_user": {}, "events_per_type": {}
+        })
+    );
+    let (status, _) =
+        send(app.authed(Method::GET, "/analytics", &app.token_for("nobody_special"))).await;
+    assert_eq!(status, 401, "a token whose user does not exist");
+}
+
+#[tokio::test]
+async fn events_the_original_wrote_count_by_the_originals_substring_rules() {
+    let env = TestEnv::new();
+    let app = TestApp::spawn(&env, all_functions).await;
+    let admin = app.admin_token("analyst").await;
+    env.db()
+        .await
+        .collection::<Document>("user_analytics")
+        .insert_many([
+            doc! {"username": "old_timer", "event": "Notification processed for User old_timer logged in at 2024-10-01 10:00", "timestamp": DateTime::now()},
+            doc! {"username": "old_timer", "event": "Notification processed for User old_timer checked financing options", "timestamp": DateTime::now()},
+            doc! {"username": "old_timer", "event": "Application by old_timer for 1000.0", "timestamp": "2024-10-01"},
+            doc! {"event": 42},
+        ])
+        .await
+        .unwrap();
+
+    let summary = analytics(&app, &admin).await;
+
+    assert_eq!(summary["total_events"], 4);
+    assert_eq!(summary["logins_per_user"], json!({"old_timer": 1}));
+    assert_eq!(
+        summary["financing_checks_per_user"],
+        json!({"old_timer": 1})
+    );
+    assert_eq!(summary["events_per_type"], json!({"untyped": 4}));
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_recorded_once() {
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let token = deps.tokens.issue("repeat_user", Role::User);
+    let event = Event::new(
+        EventType::UserActivity,
+        "repeat_user",
+        "User repeat_user logged in",
+    );
+    let body = serde_json::to_vec(&event).unwrap();
+    let authorization = format!("Bearer {}", finapp_tests::expose(&token));
+    let message = Incoming {
+        queue: "user_activity",
+        body: &body,
+        authorization: Some(&authorization),
+        message_id: None,
+    };
+
+    assert_eq!(process(&deps, message).await.unwrap(), Outcome::Recorded);
+    assert_eq!(process(&deps, message).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(env.count("user_analytics").await, 1);
+
+    // The original's plain-text format has no id; its redelivery is recognised too.
+    let legacy = Incoming {
+        body: b"User repeat_user logged in at 10:00",
+        ..message
+    };
+    assert_eq!(process(&deps, legacy).await.unwrap(), Outcome::Recorded);
+    assert_eq!(process(&deps, legacy).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(env.count("user_analytics").await, 2);
+}
+
+#[tokio::test]
+async fn forged_and_poison_messages_go_to_the_dead_letter_queue_and_the_consumer_keeps_going() {
+    let env = TestEnv::new();
+    let consumer = ConsumerTask::spawn(env.deps().await);
+    let queue = env.queue(EventType::UserActivity);
+    let now = jsonwebtoken::get_current_timestamp();
+    let genuine = token(&env, "victim", now + 600, None);
+    let forged = token(
+        &env,
+        "victim",
+        now + 600,
+        Some("not-the-secret-not-the-secret-not-it"),
+    );
+    let none_alg = {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none"}"#),
+            b64(format!(r#"{{"sub":"victim","exp":{}}}"#, now + 600).as_bytes())
+        )
+    };
+    let event = |username: &str, kind: &str| {
+        json!({"id": uuid::Uuid::new_v4(), "type": kind, "username": username, "timestamp_ms": 1, "message": "User victim logged in"}).to_string()
+    };
+    let poison: Vec<(&str, Vec<u8>, Option<String>)> = vec![
+        (
+            "no token",
+            event("victim", "user_activity").into_bytes(),
+            None,
+        ),
+        (
+            "forged",
+            event("victim", "user_activity").into_bytes(),
+            Some(format!("Bearer {forged}")),
+        ),
+        (
+            "alg none",
+            event("victim", "user_activity").into_bytes(),
+            Some(format!("Bearer {none_alg}")),
+        ),
+        (
+            "malformed JSON",
+            b"{\"id\": ".to_vec(),
+            Some(format!("Bearer {genuine}")),
+        ),
+        (
+            "unknown type",
+            event("victim", "password_reset").into_bytes(),
+            Some(format!("Bearer {genuine}")),
+        ),
+        (
+            "someone else's name",
+            event("mallory", "user_activity").into_bytes(),
+            Some(format!("Bearer {genuine}")),
+        ),
+        (
+            "too large",
+            vec![b'x'; 70 * 1024],
+            Some(format!("Bearer {genuine}")),
+        ),
+    ];
+    for (_, body, authorization) in &poison {
+        publish_raw(&env, &queue, body, authorization.as_deref()).await;
+    }
+    // Then genuine messages: one new-format (with a token expired long ago, as
+    // after a long outage) and one in the original's plain-text format.
+    let expired = token(&env, "victim", now - 86_400, None);
+    publish_raw(
+        &env,
+        &queue,
+        event("victim", "user_activity").as_bytes(),
+        Some(&format!("Bearer {expired}")),
+    )
+    .await;
+    publish_raw(
+        &env,
+        &queue,
+        b"User victim logged in at 09:00",
+        Some(&genuine),
+    )
+    .await;
+
+    wait_for(
+        "both genuine messages recorded",
+        Duration::from_secs(20),
+        || async { (env.count("user_analytics").await == 2).then_some(()) },
+    )
+    .await;
+    let mut reasons = Vec::new();
+    for _ in &poison {
+        let message = env
+            .next_message_on(&format!("{}{DEAD_LETTER_QUEUE}", env.queue_prefix))
+            .await;
+        let headers = message.delivery.properties.headers().clone().unwrap();
+        let reason = match headers.inner().get("x-finapp-reason") {
+            Some(AMQPValue::LongString(reason)) => {
+                String::from_utf8_lossy(reason.as_bytes()).into_owned()
+            }
+            other => panic!("no reason header: {other:?}"),
+        };
+        reasons.push(reason);
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "body is malformed JSON or lacks event fields",
+            "event username does not match its token",
+            "message larger than 64 KiB",
+            "no Authorization header",
+            "token is forged or malformed",
+            "token is forged or malformed",
+            "unknown event type",
+        ]
+    );
+    let users: Vec<String> = env
+        .db()
+        .await
+        .collection::<Document>("user_analytics")
+        .distinct("username", doc! {})
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(users, ["victim"]);
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn no_event_is_lost_while_the_broker_is_down() {
+    let mut broker = PrivateBroker::start().await;
+    let env = TestEnv::new().with_broker(&broker.uri);
+    let app = TestApp::spawn(&env, all_functions).await;
+    let consumer = ConsumerTask::spawn(env.deps().await);
+    let credentials = json!({"username": "outage_user", "password": "secure_password"});
+    let (status, signed_up) = app.post_json("/signup", &credentials).await;
+    assert_eq!(status, 201);
+    let token = signed_up["access_token"].as_str().unwrap().to_owned();
+    wait_for(
+        "the sign-up event before the outage",
+        Duration::from_secs(20),
+        || async { (env.count("user_analytics").await == 1).then_some(()) },
+    )
+    .await;
+
+    // 1. stop RabbitMQ
+    broker.stop().await;
+    // 2. requests that emit events all succeed
+    for _ in 0..3 {
+        let (status, _) = app.post_json("/login", &credentials).await;
+        assert_eq!(status, 200);
+    }
+    for _ in 0..2 {
+        let (status, _) = send(app.authed(Method::GET, "/financing-options", &token)).await;
+        assert_eq!(status, 200);
+    }
+    app.apply(&token, 500.0).await;
+    assert_eq!(
+        env.count("outbox").await,
+        6,
+        "events emitted during the outage are not in the outbox"
+    );
+    // 3. start RabbitMQ
+    broker.resume().await;
+    // 4. every event lands exactly once
+    wait_for(
+        "all 7 events recorded after the outage",
+        Duration::from_secs(60),
+        || async {
+            (env.count("user_analytics").await >= 7 && env.count("outbox").await == 0).then_some(())
+        },
+    )
+    .await;
+    consumer.stop().await;
+    let analytics = env.db().await.collection::<Document>("user_analytics");
+    assert_eq!(analytics.count_documents(doc! {}).await.unwrap(), 7);
+    assert_eq!(
+        analytics
+            .count_documents(doc! {"event": {"$regex": "logged in"}})
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        analytics
+            .count_documents(doc! {"event": {"$regex": "checked financing options"}})
+            .await
+            .unwrap(),
+        2
+    );
+    broker.stop().await;
+}
