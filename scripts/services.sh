@@ -49,6 +49,15 @@ install_cargo_lambda() {
   command -v cargo-lambda >/dev/null || { log "cargo-lambda installed but not on PATH"; return 1; }
 }
 
+# moto's server mode stands in for AWS Secrets Manager in the tests.
+MOTO_VERSION=5.2.5
+install_moto() {
+  [ -x "$STATE/venv-moto/bin/moto_server" ] && return
+  log "installing moto[server] $MOTO_VERSION from PyPI into $STATE/venv-moto"
+  python3 -m venv "$STATE/venv-moto"
+  "$STATE/venv-moto/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
 start_ferretdb() {
   port_open 27017 && return
   log "starting FerretDB on 127.0.0.1:27017 (data in $STATE/ferretdb)"
@@ -70,6 +79,7 @@ start_rabbitmq() {
 install_ferretdb
 install_rabbitmq
 install_cargo_lambda
+install_moto
 start_ferretdb
 start_rabbitmq
 log "FerretDB and RabbitMQ are up"

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod events;
 pub mod finance;
 pub mod http;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 
@@ -50,7 +51,17 @@ impl Deps {
 /// is logged and becomes the exit code to return.
 pub async fn bootstrap() -> Result<Arc<Deps>, ExitCode> {
     telemetry::init();
-    let config = Config::from_env().map_err(|err| {
+    let overrides = secrets::load_overrides().await.map_err(|err| {
+        tracing::error!(error = %err, "cannot load secrets");
+        ExitCode::FAILURE
+    })?;
+    let config = Config::from_lookup(|name| {
+        overrides
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    })
+    .map_err(|err| {
         tracing::error!(error = %err, "invalid configuration");
         ExitCode::FAILURE
     })?;

@@ -8,4 +8,5 @@ mod finance;
 mod lambda_watch;
 mod login;
 mod processes;
+mod secrets;
 mod signup;

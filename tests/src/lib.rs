@@ -66,6 +66,10 @@ impl TestEnv {
     }
 
     pub fn with_bcrypt_cost(bcrypt_cost: u32) -> Self {
+        // FINAPP_TEST_LOG=1 shows the functions' own logs while debugging a test.
+        if std::env::var_os("FINAPP_TEST_LOG").is_some() {
+            finapp_shared::telemetry::init();
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
             database: format!("test_{}", &id[..20]),
@@ -422,12 +426,16 @@ pub struct FunctionProcess {
 
 impl FunctionProcess {
     pub async fn start(name: &str, env: &TestEnv) -> Self {
+        Self::start_with(name, env.vars()).await
+    }
+
+    /// Starts `name` with exactly `vars` (plus `PORT=0`) as its environment.
+    pub async fn start_with<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        name: &str,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         let mut command = Command::new(function_binary(name));
-        command
-            .env_clear()
-            .env("PORT", "0")
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
-        command.envs(env.vars());
+        command.env_clear().env("PORT", "0").envs(vars);
         let process = Process::spawn(command);
         let line = process
             .wait_for_line("\"listening\"", Duration::from_secs(10))
