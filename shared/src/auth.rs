@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use crate::config::Config;
 
 /// What a user may do. A stored user without a role is a plain user, as in the original.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,

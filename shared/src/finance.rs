@@ -12,7 +12,8 @@ pub struct NewApplication {
 }
 
 /// `POST /apply`'s body before validation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"loan_types": ["personal"], "amount": 15000, "purpose": "Car purchase"}))]
 pub struct ApplicationRequest {
     pub loan_types: Vec<String>,
     pub amount: f64,
@@ -108,9 +109,12 @@ pub struct PageRequest {
 }
 
 /// The admin listing's query string before validation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// 1 or more; default 1.
     pub page: Option<u64>,
+    /// 1 to 100; default 10.
     pub per_page: Option<u64>,
 }
 

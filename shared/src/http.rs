@@ -57,6 +57,17 @@ pub enum ApiError {
     Internal(#[from] InternalError),
 }
 
+/// The body of every error response.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `validation_error`.
+    #[schema(example = "validation_error")]
+    pub error: String,
+    /// What went wrong, for a person.
+    #[schema(example = "username must be 3 to 64 characters")]
+    pub message: String,
+}
+
 /// Failures of our own machinery, as opposed to the client's input.
 #[derive(Debug, thiserror::Error)]
 pub enum InternalError {
@@ -130,7 +141,10 @@ impl IntoResponse for ApiError {
                 "request refused"
             );
         }
-        let body = json!({ "error": self.code(), "message": self.to_string() });
+        let body = ErrorBody {
+            error: self.code().to_owned(),
+            message: self.to_string(),
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response

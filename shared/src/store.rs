@@ -137,7 +137,7 @@ impl StatusChange {
 }
 
 /// A user's applications counted by status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub total_applications: u64,
     pub approved: u64,
@@ -146,8 +146,10 @@ pub struct StatusCounts {
 }
 
 /// A page of the admin listing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApplicationsPage {
+    /// Applications as stored, `_id` as a hex string.
+    #[schema(value_type = Vec<Object>)]
     pub data: Vec<serde_json::Value>,
     pub total_pages: u64,
     pub current_page: u64,
@@ -155,7 +157,7 @@ pub struct ApplicationsPage {
 }
 
 /// The result of an update addressed to several documents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateCounts {
     pub matched_count: u64,
     pub modified_count: u64,
@@ -178,7 +180,7 @@ pub struct AnalyticsDoc {
 }
 
 /// What `GET /analytics` reports; every count is computed by the database.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnalyticsSummary {
     pub total_events: u64,
     pub total_logins: u64,

@@ -7,6 +7,7 @@ mod events;
 mod finance;
 mod lambda_watch;
 mod login;
+mod openapi;
 mod processes;
 mod secrets;
 mod signup;

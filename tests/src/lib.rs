@@ -3,6 +3,8 @@
 //! RabbitMQ), functions served in-process or as real processes, and waiting on
 //! conditions with deadlines instead of sleeping.
 
+pub mod openapi;
+
 use std::{
     future::Future,
     net::SocketAddr,

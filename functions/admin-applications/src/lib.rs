@@ -7,7 +7,7 @@ use axum::{Router, extract::State, routing::get};
 use finapp_shared::{
     Deps,
     finance::{PageQuery, PageRequest},
-    http::{AdminUser, ApiError, Query},
+    http::{AdminUser, ApiError, ErrorBody, Query},
     store::ApplicationsPage,
 };
 
@@ -17,6 +17,15 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
+/// Every application, a page at a time, ordered by `_id` (admin only).
+#[utoipa::path(get, path = "/admin/applications", tag = "admin", params(PageQuery),
+    security(("bearer" = [])), responses(
+        (status = 200, description = "One page", body = ApplicationsPage),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(admin = %admin.username))]
 pub async fn admin_applications(
     State(deps): State<Arc<Deps>>,

@@ -6,7 +6,7 @@ use axum::{Router, extract::State, routing::put};
 use finapp_shared::{
     Deps,
     finance::Status,
-    http::{AdminUser, ApiError, Path},
+    http::{AdminUser, ApiError, ErrorBody, Path},
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -20,13 +20,28 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminUpdateStatusResponse {
     pub message: String,
     pub application_id: String,
     pub status: String,
 }
 
+/// Decides one application (admin only).
+#[utoipa::path(put, path = "/admin/update_status/{application_id}/{status}", tag = "admin",
+    security(("bearer" = [])),
+    params(
+        ("application_id" = String, Path, description = "The application's `_id`: 24 hex characters"),
+        ("status" = String, Path, description = "`approved` or `denied`"),
+    ),
+    responses(
+        (status = 200, description = "Updated", body = AdminUpdateStatusResponse),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(admin = %admin.username, application_id = %application_id))]
 pub async fn admin_update_status(
     State(deps): State<Arc<Deps>>,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{Router, extract::State, routing::get};
 use finapp_shared::{
     Deps,
-    http::{AdminUser, ApiError},
+    http::{AdminUser, ApiError, ErrorBody},
     store::AnalyticsSummary,
 };
 
@@ -16,6 +16,12 @@ pub fn router(deps: Arc<Deps>) -> Router {
 }
 
 /// The original's fields plus counts per event type; zeros when there are no events.
+#[utoipa::path(get, path = "/analytics", tag = "admin", security(("bearer" = [])), responses(
+        (status = 200, description = "The summary", body = AnalyticsSummary),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(admin = %admin.username))]
 pub async fn analytics(
     State(deps): State<Arc<Deps>>,

@@ -8,7 +8,7 @@ use finapp_shared::{
     Deps,
     events::{Event, EventType},
     finance::{ApplicationRequest, NewApplication},
-    http::{ApiError, AuthUser, Json},
+    http::{ApiError, AuthUser, ErrorBody, Json},
 };
 use serde::{Deserialize, Serialize};
 
@@ -16,13 +16,24 @@ pub fn router(deps: Arc<Deps>) -> Router {
     Router::new().route("/apply", post(apply)).with_state(deps)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApplyResponse {
     pub message: String,
     pub application_id: String,
     pub submitted_by: String,
 }
 
+/// Submits a finance application for the caller; publishes `application_submitted`.
+#[utoipa::path(post, path = "/apply", tag = "finance", request_body = ApplicationRequest,
+    security(("bearer" = [])), responses(
+        (status = 201, description = "Submitted as pending", body = ApplyResponse),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn apply(
     State(deps): State<Arc<Deps>>,

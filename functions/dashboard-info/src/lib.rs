@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{Router, extract::State, routing::get};
 use finapp_shared::{
     Deps,
-    http::{ApiError, AuthUser},
+    http::{ApiError, AuthUser, ErrorBody},
     store::StatusCounts,
 };
 use serde::{Deserialize, Serialize};
@@ -16,12 +16,18 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashboardInfo {
     pub username: String,
     pub application_summary: StatusCounts,
 }
 
+/// The caller's applications counted by status.
+#[utoipa::path(get, path = "/dashboard-info", tag = "finance", security(("bearer" = [])), responses(
+        (status = 200, description = "Counts by status", body = DashboardInfo),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn dashboard_info(
     State(deps): State<Arc<Deps>>,

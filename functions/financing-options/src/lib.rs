@@ -7,7 +7,7 @@ use axum::{Router, extract::State, routing::get};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
-    http::{ApiError, AuthUser},
+    http::{ApiError, AuthUser, ErrorBody},
 };
 
 pub fn router(deps: Arc<Deps>) -> Router {
@@ -16,6 +16,13 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
+/// Every financing option, `_id` as a string; publishes a `user_activity`
+/// "checked financing options" event.
+#[utoipa::path(get, path = "/financing-options", tag = "finance", security(("bearer" = [])), responses(
+        (status = 200, description = "The options", body = Vec<Object>),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn financing_options(
     State(deps): State<Arc<Deps>>,

@@ -12,7 +12,7 @@ use finapp_shared::{
     auth::Role,
     domain::NewPassword,
     events::{Event, EventType},
-    http::{ApiError, Json},
+    http::{ApiError, ErrorBody, Json},
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -27,19 +27,32 @@ pub fn router(deps: Arc<Deps>) -> Router {
     Router::new().route("/login", post(login)).with_state(deps)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"username": "john_doe", "password": "secure_password"}))]
 pub struct LoginRequest {
     pub username: String,
+    #[schema(value_type = String, format = Password)]
     pub password: SecretString,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     pub access_token: String,
     pub token_type: String,
     pub role: Role,
 }
 
+/// Checks a username and password and returns an access token; publishes a
+/// `user_activity` "logged in" event.
+#[utoipa::path(post, path = "/login", tag = "auth", request_body = LoginRequest, responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 pub async fn login(
     State(deps): State<Arc<Deps>>,

@@ -7,7 +7,7 @@ use axum::{Router, extract::State, routing::post};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
-    http::{ApiError, AuthUser, Json},
+    http::{ApiError, AuthUser, ErrorBody, Json},
     store::to_json,
 };
 use mongodb::bson::{Bson, oid::ObjectId};
@@ -19,17 +19,32 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SelectRequest {
+    /// A financing option's `_id`: 24 hex characters.
     pub option_id: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SelectResponse {
     pub message: String,
+    #[schema(value_type = Object)]
     pub selected_option: serde_json::Value,
 }
 
+/// Records the caller's one selected option (replacing any earlier one);
+/// publishes `financing_option_selected`.
+#[utoipa::path(post, path = "/select-financing-option", tag = "finance", request_body = SelectRequest,
+    security(("bearer" = [])), responses(
+        (status = 200, description = "Selected", body = SelectResponse),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn select(
     State(deps): State<Arc<Deps>>,

@@ -9,7 +9,7 @@ use finapp_shared::{
     auth::Role,
     domain::{NewPassword, Username},
     events::{Event, EventType},
-    http::{ApiError, Json},
+    http::{ApiError, ErrorBody, Json},
     store::{InsertUserError, UserDoc},
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -21,19 +21,33 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"username": "john_doe", "password": "secure_password"}))]
 pub struct SignupRequest {
+    /// 3 to 64 characters from `[A-Za-z0-9_.-]`.
     pub username: String,
+    /// 8 to 72 bytes.
+    #[schema(value_type = String, format = Password)]
     pub password: SecretString,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignupResponse {
     pub message: String,
     pub access_token: String,
     pub token_type: String,
 }
 
+/// Registers a user and returns an access token; publishes `user_registered`.
+#[utoipa::path(post, path = "/signup", tag = "auth", request_body = SignupRequest, responses(
+        (status = 201, description = "Registered", body = SignupResponse),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 409, description = "The username is taken", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 pub async fn signup(
     State(deps): State<Arc<Deps>>,

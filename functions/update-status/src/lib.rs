@@ -7,7 +7,7 @@ use axum::{Router, extract::State, routing::put};
 use finapp_shared::{
     Deps,
     finance::Status,
-    http::{AdminUser, ApiError, Path},
+    http::{AdminUser, ApiError, ErrorBody, Path},
     store::UpdateCounts,
 };
 use serde::{Deserialize, Serialize};
@@ -18,13 +18,26 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateStatusResponse {
     pub message: String,
     #[serde(flatten)]
     pub counts: UpdateCounts,
 }
 
+/// Decides every application of `user` (admin only).
+#[utoipa::path(put, path = "/update_status/{user}/{status}", tag = "admin", security(("bearer" = [])),
+    params(
+        ("user" = String, Path, description = "The applicant's username"),
+        ("status" = String, Path, description = "`approved` or `denied`"),
+    ),
+    responses(
+        (status = 200, description = "Updated", body = UpdateStatusResponse),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
 #[tracing::instrument(skip_all, fields(admin = %admin.username, user = %user))]
 pub async fn update_status(
     State(deps): State<Arc<Deps>>,
