@@ -29,6 +29,9 @@ pub struct Config {
     /// `RABBITMQ_QUEUE_PREFIX`, default empty: prepended to every queue name so
     /// that several deployments (or parallel tests) can share one broker.
     pub queue_prefix: String,
+    /// `RABBITMQ_QUEUE_TYPE`, default `classic`: `quorum` declares replicated
+    /// quorum queues, for a RabbitMQ cluster.
+    pub queue_type: QueueType,
     /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes.
     pub jwt_secret: SecretString,
     /// `ACCESS_TOKEN_EXPIRE_MINUTES`, default 30.
@@ -37,6 +40,26 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// `PORT` for the plain HTTP mode, default 8080.
     pub port: u16,
+}
+
+/// The kind of RabbitMQ queue the event queues are declared as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A single-node queue: right for one broker, the default.
+    #[default]
+    Classic,
+    /// A Raft-replicated queue that survives losing a minority of a cluster's nodes.
+    Quorum,
+}
+
+impl QueueType {
+    /// The value of the queue's `x-queue-type` argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
 }
 
 /// Why the configuration was refused; every variant names the variable.
@@ -81,6 +104,14 @@ impl Config {
             return Err(invalid("BCRYPT_COST", "must be 4 to 31"));
         }
 
+        let queue_type = match get("RABBITMQ_QUEUE_TYPE").as_deref().map(str::trim) {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(_) => {
+                return Err(invalid("RABBITMQ_QUEUE_TYPE", "must be classic or quorum"));
+            }
+        };
+
         Ok(Self {
             mongodb_uri: get("MONGODB_URI")
                 .unwrap_or_else(|| "mongodb://127.0.0.1:27017".into())
@@ -93,6 +124,7 @@ impl Config {
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
                 .into(),
             queue_prefix: get("RABBITMQ_QUEUE_PREFIX").unwrap_or_default(),
+            queue_type,
             jwt_secret: jwt_secret.into(),
             token_ttl: Duration::from_secs(token_minutes * 60),
             bcrypt_cost,
@@ -163,6 +195,23 @@ mod tests {
         assert_eq!(config.mongodb_database, "finapp");
         assert_eq!(config.port, 8080);
         assert_eq!(config.queue_prefix, "");
+        assert_eq!(config.queue_type, QueueType::Classic);
+    }
+
+    #[test]
+    fn the_queue_type_is_classic_or_quorum() {
+        let quorum = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("RABBITMQ_QUEUE_TYPE", "quorum"),
+        ])
+        .unwrap();
+        assert_eq!(quorum.queue_type, QueueType::Quorum);
+        let err = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("RABBITMQ_QUEUE_TYPE", "stream"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("RABBITMQ_QUEUE_TYPE"), "{err}");
     }
 
     #[test]

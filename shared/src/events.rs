@@ -35,7 +35,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::{config::Config, store::StoreError};
+use crate::{
+    config::{Config, QueueType},
+    store::StoreError,
+};
 
 /// How long a connect or a publish confirm may take before it counts as failed.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -155,6 +158,7 @@ pub struct Outgoing<'a> {
 pub struct Events {
     uri: SecretString,
     queue_prefix: String,
+    queue_type: QueueType,
     outbox: Collection<OutboxRecord>,
     link: Mutex<Option<(Connection, Channel)>>,
     /// Set when a publish failed, so the next success also relays the backlog.
@@ -167,6 +171,7 @@ impl Events {
         Self {
             uri: config.rabbitmq_uri.clone(),
             queue_prefix: config.queue_prefix.clone(),
+            queue_type: config.queue_type,
             outbox,
             link: Mutex::new(None),
             backlog: AtomicBool::new(false),
@@ -372,7 +377,7 @@ impl Events {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_queues(&channel, &self.queue_prefix).await?;
+        declare_queues(&channel, &self.queue_prefix, self.queue_type).await?;
         Ok((connection, channel))
     }
 
@@ -401,13 +406,28 @@ fn later(from: DateTime, by: Duration) -> DateTime {
     )
 }
 
-/// Declares every event queue and the dead-letter queue under `prefix`.
-/// Publishers and the consumer both call this, so the arguments stay identical.
-pub async fn declare_queues(channel: &Channel, prefix: &str) -> Result<(), lapin::Error> {
+/// Declares every event queue and the dead-letter queue under `prefix`, as
+/// `queue_type` queues. Publishers and the consumer both call this, so the
+/// arguments stay identical; the broker refuses a declaration whose type
+/// differs from an existing queue's (switching type means new queues).
+pub async fn declare_queues(
+    channel: &Channel,
+    prefix: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
     let names = EventType::ALL
         .iter()
         .map(|kind| kind.queue())
         .chain([DEAD_LETTER_QUEUE]);
+    // Classic queues get no argument at all, exactly as the original and
+    // earlier versions declared them, so existing queues still match.
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(queue_type.as_str())),
+        );
+    }
     for name in names {
         channel
             .queue_declare(
@@ -416,7 +436,7 @@ pub async fn declare_queues(channel: &Channel, prefix: &str) -> Result<(), lapin
                     durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                arguments.clone(),
             )
             .await?;
     }

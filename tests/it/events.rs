@@ -27,7 +27,7 @@ async fn publish_raw(env: &TestEnv, queue: &str, body: &[u8], authorization: Opt
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     // As every publisher does: a message sent before its queue exists would be dropped.
-    finapp_shared::events::declare_queues(&channel, &env.queue_prefix)
+    finapp_shared::events::declare_queues(&channel, &env.queue_prefix, Default::default())
         .await
         .unwrap();
     let mut headers = FieldTable::default();
@@ -397,4 +397,46 @@ async fn no_event_is_lost_while_the_broker_is_down() {
         2
     );
     broker.stop().await;
+}
+
+#[tokio::test]
+async fn events_flow_through_quorum_queues_when_configured() {
+    let env = TestEnv::new().with_quorum_queues();
+    let app = TestApp::spawn(&env, all_functions).await;
+    let consumer = ConsumerTask::spawn(env.deps().await);
+    let credentials = json!({"username": "quorum_user", "password": "secure_password"});
+    assert_eq!(app.post_json("/signup", &credentials).await.0, 201);
+    assert_eq!(app.post_json("/login", &credentials).await.0, 200);
+
+    wait_for(
+        "both events in user_analytics",
+        Duration::from_secs(30),
+        || async { (env.count("user_analytics").await == 2).then_some(()) },
+    )
+    .await;
+    consumer.stop().await;
+
+    // The broker refuses to redeclare a queue as another type: proof that the
+    // functions declared quorum queues, not classic ones.
+    let connection = Connection::connect(&env.rabbitmq_uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    let redeclared = channel
+        .queue_declare(
+            env.queue(EventType::UserRegistered).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            classic,
+        )
+        .await;
+    let err = redeclared.expect_err("a quorum queue redeclared as classic must be refused");
+    assert!(err.to_string().contains("x-queue-type"), "{err}");
 }

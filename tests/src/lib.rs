@@ -60,6 +60,8 @@ pub struct TestEnv {
     pub jwt_secret: String,
     pub bcrypt_cost: u32,
     pub rabbitmq_uri: String,
+    /// `RABBITMQ_QUEUE_TYPE`, unset (classic) unless a test asks.
+    pub queue_type: Option<&'static str>,
 }
 
 impl TestEnv {
@@ -79,6 +81,7 @@ impl TestEnv {
             jwt_secret: format!("test-secret-{id}"),
             bcrypt_cost,
             rabbitmq_uri: RABBITMQ_URI.into(),
+            queue_type: None,
         }
     }
 
@@ -92,6 +95,18 @@ impl TestEnv {
             ("JWT_SECRET_KEY", self.jwt_secret.clone()),
             ("BCRYPT_COST", self.bcrypt_cost.to_string()),
         ]
+        .into_iter()
+        .chain(
+            self.queue_type
+                .map(|kind| ("RABBITMQ_QUEUE_TYPE", kind.to_owned())),
+        )
+        .collect()
+    }
+
+    /// This test's environment with its event queues declared as quorum queues.
+    pub fn with_quorum_queues(mut self) -> Self {
+        self.queue_type = Some("quorum");
+        self
     }
 
     /// This test's environment with the broker at `uri` instead of the shared one.

@@ -91,7 +91,7 @@ async fn session(
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    declare_queues(&channel, prefix).await?;
+    declare_queues(&channel, prefix, deps.config.queue_type).await?;
     let mut streams = Vec::new();
     for kind in EventType::ALL {
         let queue = deps.events.queue_name(kind.queue());
