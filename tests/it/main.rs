@@ -11,3 +11,4 @@ mod openapi;
 mod processes;
 mod secrets;
 mod signup;
+mod validators;

@@ -1,0 +1,191 @@
+//! The deployment validators catch what they are there to catch: each one runs
+//! on a copy of the repository's files, first untouched (it must pass, so the
+//! copy is complete), then with one deliberate break (it must fail, naming the
+//! check that caught it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use finapp_tests::workspace_root;
+
+/// A throw-away copy of the given files and folders of the repository.
+struct Copy {
+    dir: PathBuf,
+}
+
+impl Copy {
+    fn of(paths: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("finapp-validate-{}", uuid::Uuid::new_v4()));
+        for path in paths {
+            copy_recursively(&workspace_root().join(path), &dir.join(path));
+        }
+        Self { dir }
+    }
+
+    /// Replaces `from` by `to` in one file; `from` must be there, so a break
+    /// that silently applies to nothing cannot pass for a caught one.
+    fn break_file(&self, file: &str, from: &str, to: &str) {
+        let path = self.dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Runs a validator script on this copy: (passed, the names of the failed checks).
+    fn validate(&self, script: &str) -> (bool, String) {
+        let output = Command::new("bash")
+            .arg(workspace_root().join("scripts").join(script))
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().unwrap_or_default().to_owned();
+        if !output.status.success() {
+            eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let failed = last
+            .split_once("FAILED: ")
+            .map(|(_, names)| names.to_owned());
+        (output.status.success(), failed.unwrap_or_default())
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn copy_recursively(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_recursively(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// The repository-relative paths of every function's Cargo.toml: both
+/// validators compare the deployment files with the functions that exist.
+fn function_manifests() -> Vec<String> {
+    let mut manifests: Vec<String> = std::fs::read_dir(workspace_root().join("functions"))
+        .unwrap()
+        .map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            format!("functions/{name}/Cargo.toml")
+        })
+        .collect();
+    manifests.sort();
+    manifests
+}
+
+fn k8s_files() -> Vec<String> {
+    let mut files = vec!["infra".to_owned(), "Dockerfile".to_owned()];
+    files.extend(function_manifests());
+    files
+}
+
+/// (file, text, replacement, the check that must catch it)
+const K8S_BREAKS: &[(&str, &str, &str, &str)] = &[
+    // A misspelt field is silently dropped by a lenient apply; --strict must refuse it.
+    (
+        "infra/k8s/functions/signup.yaml",
+        "readOnlyRootFilesystem: true",
+        "readOnlyRootFileSystem: true",
+        "kubernetes-validate",
+    ),
+    // A route of DESIGN.md that no longer reaches its function.
+    (
+        "infra/k8s/ingress.yaml",
+        "- path: /login",
+        "- path: /log-in",
+        "check_k8s_routes.py",
+    ),
+    // An untagged base image.
+    (
+        "Dockerfile",
+        "FROM rust:1.95-bookworm AS build",
+        "FROM rust AS build",
+        "hadolint",
+    ),
+];
+
+#[test]
+fn the_k8s_and_docker_validator_fails_on_broken_copies() {
+    let files = k8s_files();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (passed, failed) = Copy::of(&files).validate("validate-k8s.sh");
+    assert!(passed, "the untouched copy failed: {failed}");
+    for (file, from, to, check) in K8S_BREAKS {
+        let copy = Copy::of(&files);
+        copy.break_file(file, from, to);
+        let (passed, failed) = copy.validate("validate-k8s.sh");
+        assert!(!passed, "{file}: {from:?} -> {to:?} passed validation");
+        assert!(
+            failed.contains(check),
+            "{file}: {check} did not fail, only {failed}"
+        );
+    }
+}
+
+fn aws_files() -> Vec<String> {
+    let mut files: Vec<String> = ["template.yaml", "samconfig.toml", ".github", "Cargo.toml"]
+        .map(String::from)
+        .to_vec();
+    files.extend(function_manifests());
+    files
+}
+
+const AWS_BREAKS: &[(&str, &str, &str, &str)] = &[
+    // SAM's translator: an HttpApi event on an API that does not exist.
+    (
+        "template.yaml",
+        "ApiId: !Ref FinAppHttpApi",
+        "ApiId: !Ref NoSuchApi",
+        "sam validate (SAM translation)",
+    ),
+    // cfn-lint (alone and through sam validate --lint): more memory than
+    // Lambda allows, which SAM's translation passes through unchecked.
+    (
+        "template.yaml",
+        "MemorySize: 128",
+        "MemorySize: 99999",
+        "cfn-lint",
+    ),
+    // actionlint: a runner label GitHub does not have.
+    (
+        ".github/workflows/ci.yml",
+        "runs-on: ubuntu-latest",
+        "runs-on: ubuntu-latset",
+        "actionlint",
+    ),
+    // The bundle's own rules: a production path that differs from DESIGN.md.
+    (
+        "template.yaml",
+        "Path: /login",
+        "Path: /log-in",
+        "bundle checks",
+    ),
+];
+
+#[test]
+fn the_aws_and_workflow_validator_fails_on_broken_copies() {
+    let files = aws_files();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (passed, failed) = Copy::of(&files).validate("validate-aws.sh");
+    assert!(passed, "the untouched copy failed: {failed}");
+    for (file, from, to, check) in AWS_BREAKS {
+        let copy = Copy::of(&files);
+        copy.break_file(file, from, to);
+        let (passed, failed) = copy.validate("validate-aws.sh");
+        assert!(!passed, "{file}: {from:?} -> {to:?} passed validation");
+        assert!(
+            failed.contains(check),
+            "{file}: {check} did not fail, only {failed}"
+        );
+    }
+}
