@@ -208,24 +208,39 @@ async fn notify_consumer_records_an_amazon_mq_batch_once_however_often_it_is_ret
     .unwrap();
 
     // The committed fixture is a real-shaped event (with "priority": null);
-    // its one message is the template for this test's three.
+    // its one message is the template for this test's batch: two queues, a
+    // message delivered twice within the batch, the original's format, a
+    // forged token, and one message whose priority is null while the others
+    // carry a number.
     let fixture = workspace_root().join("functions/notify-consumer/fixtures/rmq-event.json");
     let mut event: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let template = event["rmqMessagesByQueue"]["user_activity::/"][0].clone();
-    let message = |data: &[u8], authorization: Value| {
+    assert!(template["basicProperties"]["priority"].is_null());
+    let message = |data: &[u8], authorization: Value, priority: Value| {
         let mut message = template.clone();
         message["data"] = json!(b64(data));
         message["basicProperties"]["headers"]["Authorization"] = authorization;
+        message["basicProperties"]["priority"] = priority;
         message
     };
+    let bearer = mq_header(&format!("Bearer {}", expose(&token)));
     let login = Event::new(EventType::UserActivity, "mq_user", "User mq_user logged in");
+    let registered = Event::new(
+        EventType::UserRegistered,
+        "mq_user",
+        "User mq_user registered",
+    );
     event["rmqMessagesByQueue"] = json!({
         format!("{}::/", env.queue(EventType::UserActivity)): [
-            message(&serde_json::to_vec(&login).unwrap(), mq_header(&format!("Bearer {}", expose(&token)))),
+            message(&serde_json::to_vec(&login).unwrap(), bearer.clone(), Value::Null),
+            message(&serde_json::to_vec(&login).unwrap(), bearer.clone(), json!(0)),
             // The original's format: plain text and a bare token as a plain string.
-            message(b"User mq_user checked financing options", json!(expose(&token))),
-            message(&serde_json::to_vec(&login).unwrap(), mq_header(&format!("Bearer {forged}"))),
+            message(b"User mq_user checked financing options", json!(expose(&token)), json!(0)),
+            message(&serde_json::to_vec(&login).unwrap(), mq_header(&format!("Bearer {forged}")), json!(0)),
+        ],
+        format!("{}::/", env.queue(EventType::UserRegistered)): [
+            message(&serde_json::to_vec(&registered).unwrap(), bearer, json!(0)),
         ]
     });
     let data_file = std::env::temp_dir().join(format!("{}-rmq-event.json", env.database));
@@ -258,14 +273,14 @@ async fn notify_consumer_records_an_amazon_mq_batch_once_however_often_it_is_ret
 
     assert_eq!(
         invoke().await,
-        json!({"recorded": 2, "duplicates": 0, "dead_lettered": 1})
+        json!({"recorded": 3, "duplicates": 1, "dead_lettered": 1})
     );
     // Amazon MQ retries a whole batch; nothing is counted twice.
     assert_eq!(
         invoke().await,
-        json!({"recorded": 0, "duplicates": 2, "dead_lettered": 1})
+        json!({"recorded": 0, "duplicates": 4, "dead_lettered": 1})
     );
-    assert_eq!(env.count("user_analytics").await, 2);
+    assert_eq!(env.count("user_analytics").await, 3);
     let dead = env
         .next_message_on(&format!("{}finapp.dead_letter", env.queue_prefix))
         .await;

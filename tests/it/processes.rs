@@ -1,9 +1,17 @@
 //! The function binaries as real processes in plain HTTP mode: start-up checks,
 //! logs, and shutdown.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
+use finapp_shared::{
+    auth::Role,
+    events::{Event, EventType},
+};
 use finapp_tests::{FunctionProcess, Process, Signal, TestEnv, function_binary, leaks, send};
+use mongodb::bson::Document;
 use serde_json::json;
 use tokio::process::Command;
 
@@ -151,4 +159,92 @@ async fn the_notify_consumer_process_records_events_and_stops_cleanly_on_sigterm
             .iter()
             .any(|line| line.contains("consumer stopped"))
     );
+}
+
+/// notify-consumer as a process of this test's environment.
+fn notify_consumer(env: &TestEnv) -> Process {
+    let mut command = Command::new(function_binary("notify-consumer"));
+    command.env_clear().envs(env.vars());
+    Process::spawn(command)
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_once() {
+    const EVENTS: usize = 2_400;
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let mut consumer = notify_consumer(&env);
+    consumer
+        .wait_for_line("\"consuming\"", Duration::from_secs(10))
+        .await;
+
+    // The functions' own publisher: outbox record, publish with confirm, delete.
+    let publisher = tokio::spawn({
+        let deps = deps.clone();
+        async move {
+            let token = deps.tokens.issue("stream_user", Role::User);
+            let mut ids = HashSet::with_capacity(EVENTS);
+            for i in 0..EVENTS {
+                let event = Event::new(
+                    EventType::UserActivity,
+                    "stream_user",
+                    format!("User stream_user logged in ({i})"),
+                );
+                ids.insert(event.id.to_string());
+                deps.events.emit(&event, &token).await;
+            }
+            ids
+        }
+    });
+
+    finapp_tests::wait_for(
+        "the consumer to be part-way through the stream",
+        Duration::from_secs(60),
+        || async { (env.count("user_analytics").await >= 300).then_some(()) },
+    )
+    .await;
+    consumer.signal(Signal::SIGKILL);
+    consumer.wait_exit(Duration::from_secs(10)).await;
+    let recorded_before_restart = env.count("user_analytics").await;
+    assert!(
+        recorded_before_restart < EVENTS as u64,
+        "the kill came after the whole stream was recorded"
+    );
+
+    let mut consumer = notify_consumer(&env);
+    consumer
+        .wait_for_line("\"consuming\"", Duration::from_secs(10))
+        .await;
+    let published = publisher.await.unwrap();
+    assert_eq!(published.len(), EVENTS);
+    finapp_tests::wait_for(
+        "every event recorded after the restart",
+        Duration::from_secs(120),
+        || async { (env.count("user_analytics").await >= EVENTS as u64).then_some(()) },
+    )
+    .await;
+
+    // Once the queue is drained nothing more can arrive: the records are then
+    // exactly the published events, none missing, none twice.
+    let queue = env.queue(EventType::UserActivity);
+    finapp_tests::wait_for("the queue drained", Duration::from_secs(30), || async {
+        (env.queue_depth(&queue).await == 0).then_some(())
+    })
+    .await;
+    consumer.signal(Signal::SIGTERM);
+    consumer.wait_exit(Duration::from_secs(10)).await;
+    let recorded: Vec<String> = env
+        .db()
+        .await
+        .collection::<Document>("user_analytics")
+        .distinct("event_id", Document::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(env.count("user_analytics").await, EVENTS as u64);
+    assert_eq!(recorded.len(), EVENTS, "an event was recorded twice");
+    assert_eq!(recorded.into_iter().collect::<HashSet<_>>(), published);
+    assert_eq!(env.count("outbox").await, 0, "events left in the outbox");
 }

@@ -151,6 +151,28 @@ impl TestEnv {
         format!("{}{}", self.queue_prefix, kind.queue())
     }
 
+    /// How many messages wait in `queue`, ready for delivery (not counting
+    /// those delivered and not yet acknowledged).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let connection = Connection::connect(&self.rabbitmq_uri, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is running (scripts/services.sh)");
+        let channel = connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done".into()).await;
+        declared.message_count()
+    }
+
     /// Takes the next message from this test's queue for `kind`, waiting up to 10 s.
     pub async fn next_message(&self, kind: EventType) -> BasicGetMessage {
         self.next_message_on(&self.queue(kind)).await
