@@ -116,14 +116,23 @@ const K8S_BREAKS: &[(&str, &str, &str, &str)] = &[
 
 #[test]
 fn the_k8s_and_docker_validator_fails_on_broken_copies() {
-    let files = k8s_files();
+    assert_each_break_is_caught("validate-k8s.sh", &k8s_files(), K8S_BREAKS);
+}
+
+/// `script` passes on an untouched copy of `files`, and fails on a copy with
+/// each break, naming the check the break is meant for.
+fn assert_each_break_is_caught(
+    script: &str,
+    files: &[String],
+    breaks: &[(&str, &str, &str, &str)],
+) {
     let files: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (passed, failed) = Copy::of(&files).validate("validate-k8s.sh");
+    let (passed, failed) = Copy::of(&files).validate(script);
     assert!(passed, "the untouched copy failed: {failed}");
-    for (file, from, to, check) in K8S_BREAKS {
+    for (file, from, to, check) in breaks {
         let copy = Copy::of(&files);
         copy.break_file(file, from, to);
-        let (passed, failed) = copy.validate("validate-k8s.sh");
+        let (passed, failed) = copy.validate(script);
         assert!(!passed, "{file}: {from:?} -> {to:?} passed validation");
         assert!(
             failed.contains(check),
@@ -174,18 +183,5 @@ const AWS_BREAKS: &[(&str, &str, &str, &str)] = &[
 
 #[test]
 fn the_aws_and_workflow_validator_fails_on_broken_copies() {
-    let files = aws_files();
-    let files: Vec<&str> = files.iter().map(String::as_str).collect();
-    let (passed, failed) = Copy::of(&files).validate("validate-aws.sh");
-    assert!(passed, "the untouched copy failed: {failed}");
-    for (file, from, to, check) in AWS_BREAKS {
-        let copy = Copy::of(&files);
-        copy.break_file(file, from, to);
-        let (passed, failed) = copy.validate("validate-aws.sh");
-        assert!(!passed, "{file}: {from:?} -> {to:?} passed validation");
-        assert!(
-            failed.contains(check),
-            "{file}: {check} did not fail, only {failed}"
-        );
-    }
+    assert_each_break_is_caught("validate-aws.sh", &aws_files(), AWS_BREAKS);
 }

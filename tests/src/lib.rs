@@ -151,13 +151,19 @@ impl TestEnv {
         format!("{}{}", self.queue_prefix, kind.queue())
     }
 
-    /// How many messages wait in `queue`, ready for delivery (not counting
-    /// those delivered and not yet acknowledged).
-    pub async fn queue_depth(&self, queue: &str) -> u32 {
+    /// A channel on this test's broker; the connection closes when dropped.
+    async fn channel(&self) -> (Connection, lapin::Channel) {
         let connection = Connection::connect(&self.rabbitmq_uri, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is running (scripts/services.sh)");
         let channel = connection.create_channel().await.unwrap();
+        (connection, channel)
+    }
+
+    /// How many messages wait in `queue`, ready for delivery (not counting
+    /// those delivered and not yet acknowledged).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let (connection, channel) = self.channel().await;
         let declared = channel
             .queue_declare(
                 queue.into(),
@@ -180,10 +186,7 @@ impl TestEnv {
 
     /// Takes the next message from the queue named `queue`, waiting up to 10 s.
     pub async fn next_message_on(&self, queue: &str) -> BasicGetMessage {
-        let connection = Connection::connect(&self.rabbitmq_uri, ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ is running (scripts/services.sh)");
-        let channel = connection.create_channel().await.unwrap();
+        let (_connection, channel) = self.channel().await;
         // A queue that does not exist yet would close the channel on basic_get.
         channel
             .queue_declare(
