@@ -1,0 +1,251 @@
+//! The ceilings the scenarios are measured against, each measured by the bench
+//! process itself, on the spot: the raw MongoDB driver issuing a handler's
+//! queries and writes with no HTTP in between, and one bcrypt verification.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use finapp_shared::{
+    events::{Event, EventType, Events, OutboxRecord},
+    finance::Status,
+    store::{AnalyticsDoc, ApplicationDoc, StatusChange, Store},
+};
+use futures_util::TryStreamExt as _;
+use mongodb::{
+    Collection,
+    bson::{DateTime, Document, doc},
+};
+use secrecy::SecretString;
+
+use crate::stats::{Figure, median_duration};
+
+/// How long a new outbox record waits before a relay may publish it (the
+/// shared crate's `RELAY_GRACE`); the record is deleted long before.
+const OUTBOX_GRACE_MS: i64 = 10_000;
+
+/// Runs `op` in `concurrency` tokio tasks, each calling it back to back until
+/// `duration` has passed, and times every call. `op(task, iteration)` answers
+/// whether the call succeeded.
+async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Figure
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|task| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let mut iteration = 0;
+                while Instant::now() < deadline {
+                    let call = Instant::now();
+                    if op(task, iteration).await {
+                        latencies.push(call.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                    iteration += 1;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok((task_latencies, task_errors)) => {
+                latencies.extend(task_latencies);
+                errors += task_errors;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    Figure::from_latencies(latencies, started.elapsed(), errors)
+}
+
+/// The users' applications as `GET /status` reads them: the same filter and
+/// sort, the cursor drained into documents (no JSON rendering, no HTTP).
+pub async fn status_queries(
+    store: &Store,
+    users: &[String],
+    concurrency: usize,
+    duration: Duration,
+) -> Figure {
+    let applications = store.applications.clone_with_type::<Document>();
+    let users = Arc::new(users.to_vec());
+    closed_loop(concurrency, duration, move |task, iteration| {
+        let applications = applications.clone();
+        let user = users[(task + iteration) % users.len()].clone();
+        async move {
+            let cursor = applications
+                .find(doc! { "submitted_by": user })
+                .sort(doc! { "submitted_at": -1, "_id": -1 })
+                .await;
+            match cursor {
+                Ok(cursor) => cursor.try_collect::<Vec<Document>>().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// The number of applications `GET /status` returns for `user`, to check the fixture.
+pub async fn applications_of(store: &Store, user: &str) -> mongodb::error::Result<u64> {
+    store
+        .applications
+        .count_documents(doc! { "submitted_by": user })
+        .await
+}
+
+/// `POST /apply`'s database writes with the raw driver, in the handler's
+/// order: the application, its outbox record, and the record's deletion. When
+/// `events` is given, the event is also published with a confirm between the
+/// last two, as the handler does (a diagnostic, not the DB-bound ceiling).
+pub async fn apply_writes(
+    store: &Store,
+    users: &[String],
+    tokens: &[String],
+    events: Option<Arc<Events>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Figure {
+    let store = store.clone();
+    let accounts: Arc<Vec<(String, String)>> =
+        Arc::new(users.iter().cloned().zip(tokens.iter().cloned()).collect());
+    closed_loop(concurrency, duration, move |task, iteration| {
+        let store = store.clone();
+        let events = events.clone();
+        let (user, token) = accounts[(task + iteration) % accounts.len()].clone();
+        async move {
+            apply_once(&store, events.as_deref(), &user, token)
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+/// Why one ceiling iteration of `apply_writes` failed.
+#[derive(Debug)]
+enum ApplyFailure {
+    Store,
+    Publish,
+}
+
+async fn apply_once(
+    store: &Store,
+    events: Option<&Events>,
+    user: &str,
+    token: String,
+) -> Result<(), ApplyFailure> {
+    let created = StatusChange::now(Status::Pending, user);
+    let application = ApplicationDoc {
+        loan_types: vec!["personal".into()],
+        amount: 15_000.0,
+        purpose: "Car purchase".into(),
+        status: Status::Pending.as_str().to_owned(),
+        submitted_by: user.to_owned(),
+        submitted_at: created.at,
+        status_history: vec![created],
+    };
+    store
+        .applications
+        .insert_one(&application)
+        .await
+        .map_err(|_| ApplyFailure::Store)?;
+
+    let event = Event::new(
+        EventType::ApplicationSubmitted,
+        user,
+        format!("Application by {user} for 15000"),
+    );
+    let now = DateTime::now();
+    let record = OutboxRecord {
+        id: event.id.to_string(),
+        event,
+        token,
+        created_at: now,
+        relay_after: DateTime::from_millis(now.timestamp_millis() + OUTBOX_GRACE_MS),
+    };
+    store
+        .outbox
+        .insert_one(&record)
+        .await
+        .map_err(|_| ApplyFailure::Store)?;
+    if let Some(events) = events {
+        let token = SecretString::from(record.token.clone());
+        events
+            .publish(&record.event, &token)
+            .await
+            .map_err(|_| ApplyFailure::Publish)?;
+    }
+    store
+        .outbox
+        .delete_one(doc! { "_id": &record.id })
+        .await
+        .map_err(|_| ApplyFailure::Store)?;
+    Ok(())
+}
+
+/// notify-consumer's write with the raw driver: analytics documents shaped
+/// as the consumer shapes them, `batch` per call (`insert_one` for 1,
+/// `insert_many` otherwise). The figure's throughput is in documents/s.
+pub async fn analytics_inserts(
+    collection: Collection<AnalyticsDoc>,
+    batch: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> Figure {
+    let mut figure = closed_loop(concurrency, duration, move |_, _| {
+        let collection = collection.clone();
+        async move {
+            let docs = (0..batch).map(|_| analytics_doc());
+            if batch == 1 {
+                collection.insert_one(analytics_doc()).await.is_ok()
+            } else {
+                collection.insert_many(docs).await.is_ok()
+            }
+        }
+    })
+    .await;
+    figure.rps *= batch as f64;
+    figure
+}
+
+fn analytics_doc() -> AnalyticsDoc {
+    let event = Event::new(
+        EventType::UserActivity,
+        "bench_user_00",
+        "User bench_user_00 logged in",
+    );
+    let id = event.id.to_string();
+    let now = DateTime::now();
+    AnalyticsDoc {
+        id: id.clone(),
+        event_id: id,
+        kind: event.kind.queue().to_owned(),
+        username: event.username,
+        event: event.message,
+        timestamp: DateTime::from_millis(event.timestamp_ms),
+        received_at: now,
+    }
+}
+
+/// The median time of one `bcrypt::verify` at `cost` over `samples` calls, on
+/// this thread, as `/login` runs it on the blocking pool.
+pub fn bcrypt_verify_time(hash: &str, password: &str, samples: usize) -> Duration {
+    median_duration((0..samples.max(1)).map(|_| {
+        let started = Instant::now();
+        let matches = bcrypt::verify(password, hash).unwrap_or(false);
+        assert!(matches, "the reference hash verifies");
+        started.elapsed()
+    }))
+}
