@@ -143,6 +143,26 @@ pub async fn versions(workspace: &Path, mongodb_uri: &str) -> Vec<(String, Strin
     versions
 }
 
+/// The `[profile.release*]` sections of a `Cargo.toml`, without comments.
+pub fn release_profile(cargo_toml: &str) -> String {
+    let mut inside = false;
+    let mut profile = String::new();
+    for line in cargo_toml.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line.starts_with("[profile.release");
+            if inside && !profile.is_empty() {
+                profile.push('\n');
+            }
+        }
+        if inside && !line.is_empty() && !line.starts_with('#') {
+            profile.push_str(line);
+            profile.push('\n');
+        }
+    }
+    profile
+}
+
 /// The first line a command prints (on stdout or, as `wrk -v` does, stderr).
 fn first_line(program: &str, args: &[&str]) -> String {
     match Command::new(program).args(args).output() {
@@ -206,6 +226,16 @@ fn locked_version(lock: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_release_profile_sections_are_kept_without_comments() {
+        let toml = "[profile.release]\n# why\nopt-level = \"s\"\n\n\
+                    [profile.release.package.blowfish]\nopt-level = 3\n\n[profile.dev]\ndebug = 1\n";
+        assert_eq!(
+            release_profile(toml),
+            "[profile.release]\nopt-level = \"s\"\n\n[profile.release.package.blowfish]\nopt-level = 3\n"
+        );
+    }
 
     #[test]
     fn a_locked_version_is_read_from_its_entry() {

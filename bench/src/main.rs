@@ -121,6 +121,9 @@ fn run(settings: &Settings) -> Result<bool> {
         cold_starts,
         memory,
         artifacts,
+        release_profile: machine::release_profile(
+            &std::fs::read_to_string(settings.workspace.join("Cargo.toml")).unwrap_or_default(),
+        ),
         scale: std::fs::read_to_string(settings.workspace.join("bench/SCALE.md")).ok(),
         problems,
     };

@@ -45,6 +45,8 @@ pub struct Report<'a> {
     pub memory: Option<Vec<Memory>>,
     pub artifacts: Option<Artifacts>,
     pub problems: Vec<String>,
+    /// The `[profile.release*]` sections of the workspace's `Cargo.toml`.
+    pub release_profile: String,
     /// `bench/SCALE.md`, when it exists.
     pub scale: Option<String>,
 }
@@ -222,7 +224,7 @@ impl Report<'_> {
             });
         }
         if let Some(starts) = &self.cold_starts {
-            let functions: Vec<&ColdStart> = starts.iter().filter(|s| !s.reference).collect();
+            let functions: Vec<&ColdStart> = starts.iter().filter(|s| s.note.is_none()).collect();
             if let Some(worst) = functions
                 .iter()
                 .max_by_key(|start| median_duration(start.ready.iter().copied()))
@@ -330,18 +332,27 @@ impl Report<'_> {
             "\n## Commands\n\n```bash\nscripts/bench.sh    # installs wrk if missing, starts \
              the services, builds, runs every scenario, writes this file\n```\n\n\
              The functions run as release binaries (`target/release/<name>`, built with the \
-             workspace's release profile: fat LTO, one codegen unit, `panic = \"abort\"`) in \
-             plain HTTP mode, each with a clean environment: `MONGODB_URI`, \
-             `MONGODB_DATABASE`, `RABBITMQ_URI`, `RABBITMQ_QUEUE_PREFIX`, `JWT_SECRET_KEY` \
-             and `PORT`; everything else at its default (`BCRYPT_COST` 12, `RUST_LOG` info \
-             with one JSON line per request written to a log file, the driver's MongoDB pool \
-             of 10). Each run works in databases and queues of its own, dropped at the end.\n\n\
+             workspace's release profile, below) in plain HTTP mode, each with a clean \
+             environment: `MONGODB_URI`, `MONGODB_DATABASE`, `RABBITMQ_URI`, \
+             `RABBITMQ_QUEUE_PREFIX`, `JWT_SECRET_KEY` and `PORT`; everything else at its \
+             default (`BCRYPT_COST` 12, `RUST_LOG` info with one JSON line per request \
+             written to a log file, the driver's MongoDB pool of 10). Each run works in \
+             databases and queues of its own, dropped at the end.\n\n\
              Settings of this run (each is an environment variable of `scripts/bench.sh`):\n\n```\n",
         );
         for setting in self.settings.describe() {
             let _ = writeln!(out, "{setting}");
         }
-        out.push_str("```\n\nwrk command lines (the Lua scripts are generated into `target/bench/`):\n\n```\n");
+        let _ = writeln!(
+            out,
+            "```\n\nThe release profile (from `Cargo.toml`; bench-hello is built with it too):\n\n\
+             ```toml\n{}```",
+            self.release_profile
+        );
+        out.push('\n');
+        out.push_str(
+            "wrk command lines (the Lua scripts are generated into `target/bench/`):\n\n```\n",
+        );
         let mut seen = Vec::new();
         for command in &self.commands {
             if !seen.contains(&&command.line) {
@@ -663,17 +674,17 @@ fn cold_start_section(out: &mut String, starts: &[ColdStart], settings: &Setting
             ms(median_ready),
             ms(start.ready.iter().min().copied().unwrap_or_default()),
             ms(start.ready.iter().max().copied().unwrap_or_default()),
-            if start.function == "notify-consumer" {
+            if start.function.starts_with("notify-consumer") {
                 "\"consuming\" line"
             } else {
                 "first 200 on /healthz"
             },
-            if start.reference {
-                "(reference: bare axum)"
+            if let Some(note) = start.note {
+                format!("({note})")
             } else if median_ready <= COLD_START_TARGET {
-                "yes"
+                "yes".into()
             } else {
-                "**no**"
+                "**no**".into()
             }
         );
     }
@@ -701,12 +712,12 @@ fn memory_section(out: &mut String, starts: Option<&[ColdStart]>, memory: Option
                 mb(start.rss_kib.iter().max().copied().unwrap_or_default() * 1024),
                 rss - anon,
                 median_u64(&start.threads),
-                if start.reference {
-                    "(reference: bare axum)"
+                if let Some(note) = start.note {
+                    format!("({note})")
                 } else if rss <= IDLE_RSS_TARGET_MB {
-                    "yes"
+                    "yes".into()
                 } else {
-                    "**no**"
+                    "**no**".into()
                 }
             );
         }
