@@ -2,10 +2,14 @@
 //!
 //! JWTs are HS256 only (the algorithm is pinned, so `alg: none` and key-confusion
 //! tokens are refused) with the claims `sub`, `role`, `iat` and `exp`. bcrypt runs
-//! on tokio's blocking pool so it never stalls the async runtime, and a login for
-//! an unknown user is checked against a dummy hash so its timing matches a real one.
+//! on a pool of its own (see [`Passwords`]) so it never stalls the async runtime,
+//! and a login for an unknown user is checked against a dummy hash so its timing
+//! matches a real one.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::OnceLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use secrecy::{ExposeSecret, SecretString};
@@ -135,8 +139,56 @@ fn unix_now() -> u64 {
 pub enum PasswordError {
     #[error("bcrypt failed")]
     Bcrypt(#[from] bcrypt::BcryptError),
-    #[error("the blocking pool dropped the bcrypt task")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("the bcrypt pool dropped the task")]
+    Dropped,
+    #[error("cannot start the bcrypt pool: {0}")]
+    Pool(String),
+}
+
+/// How much lower than the async runtime's threads the bcrypt threads run:
+/// nice 10 weighs about a tenth of nice 0 with the kernel's scheduler.
+const BCRYPT_NICE: libc::c_int = 10;
+
+/// The threads that run bcrypt: one per core, so at most that many hashes run
+/// at once however many logins arrive (the rest queue here, not in the
+/// kernel's run queue), each at a lower priority than the runtime's workers.
+/// When every core is busy with bcrypt, a waking worker still gets the CPU
+/// almost at once, so `/healthz` and the other requests do not wait behind a
+/// burst of logins; when the workers are idle, bcrypt has every core.
+fn bcrypt_pool() -> Result<&'static rayon_core::ThreadPool, PasswordError> {
+    static POOL: OnceLock<Result<rayon_core::ThreadPool, String>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon_core::ThreadPoolBuilder::new()
+            .thread_name(|index| format!("bcrypt-{index}"))
+            .start_handler(|_| lower_this_threads_priority())
+            .build()
+            .map_err(|err| err.to_string())
+    })
+    .as_ref()
+    .map_err(|err| PasswordError::Pool(err.clone()))
+}
+
+/// Raises the calling thread's nice value. On Linux the nice value belongs to
+/// the thread, and `who = 0` names the caller. Raising it needs no privilege;
+/// should it fail anyway, bcrypt just runs at normal priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, BCRYPT_NICE);
+    }
+}
+
+/// Runs `work` on the bcrypt pool and waits for it without blocking the runtime.
+async fn on_bcrypt_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PasswordError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    bcrypt_pool()?.spawn(move || {
+        // The receiver is gone only if the request was dropped; nothing to do.
+        let _ = done.send(work());
+    });
+    result.await.map_err(|_| PasswordError::Dropped)
 }
 
 /// Hashes passwords and verifies them in constant time per cost.
@@ -156,10 +208,7 @@ impl Passwords {
     /// Hashes a new password at the configured cost, off the async runtime.
     pub async fn hash(&self, password: SecretString) -> Result<String, PasswordError> {
         let cost = self.cost;
-        let hash =
-            tokio::task::spawn_blocking(move || bcrypt::hash(password.expose_secret(), cost))
-                .await??;
-        Ok(hash)
+        Ok(on_bcrypt_pool(move || bcrypt::hash(password.expose_secret(), cost)).await??)
     }
 
     /// Checks `password` against `stored`, a bcrypt hash as the database holds it.
@@ -176,7 +225,7 @@ impl Passwords {
             Some(hash) if hash.starts_with("$2") => (hash, true),
             _ => (self.dummy_hash().await?.to_owned(), false),
         };
-        let matches = tokio::task::spawn_blocking(move || {
+        let matches = on_bcrypt_pool(move || {
             bcrypt::verify(password.expose_secret(), &hash).unwrap_or(false)
         })
         .await?;
@@ -194,7 +243,7 @@ impl Passwords {
         self.dummy_hash
             .get_or_try_init(|| async move {
                 let password = uuid::Uuid::new_v4().to_string();
-                Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await??)
+                Ok(on_bcrypt_pool(move || bcrypt::hash(password, cost)).await??)
             })
             .await
             .map(String::as_str)
@@ -324,6 +373,18 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn bcrypt_runs_on_one_lower_priority_thread_per_core() {
+        // SAFETY: getpriority only reads the calling thread's nice value.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let runtime_nice = nice();
+        let pool_nice = on_bcrypt_pool(nice).await.unwrap();
+        assert!(pool_nice > runtime_nice, "{pool_nice} vs {runtime_nice}");
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(bcrypt_pool().unwrap().current_num_threads(), cores);
     }
 
     #[tokio::test]
