@@ -368,11 +368,7 @@ impl Events {
     }
 
     async fn open(&self) -> Result<(Connection, Channel), lapin::Error> {
-        let connection = Connection::connect(
-            self.uri.expose_secret(),
-            ConnectionProperties::default().with_connection_name("finapp-publisher".into()),
-        )
-        .await?;
+        let connection = connect_broker(&self.uri, "finapp-publisher").await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -404,6 +400,25 @@ fn later(from: DateTime, by: Duration) -> DateTime {
         from.timestamp_millis()
             .saturating_add(by.as_millis() as i64),
     )
+}
+/// The AMQP frame size asked for when `RABBITMQ_URI` names none. lapin keeps
+/// two I/O buffers of 32 frames each, so RabbitMQ's default (128 KiB) holds
+/// 8 MiB per connection; events are well under 8 KiB, and a larger message is
+/// only split over more frames.
+pub const DEFAULT_FRAME_MAX: u32 = 8 * 1024;
+
+/// Opens a broker connection named `name` (shown in the management UI),
+/// with [`DEFAULT_FRAME_MAX`] unless the URI sets `frame_max` itself.
+pub async fn connect_broker(uri: &SecretString, name: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match uri.expose_secret().parse::<lapin::uri::AMQPUri>() {
+        Ok(mut parsed) => {
+            parsed.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+            Connection::connect_uri(parsed, properties).await
+        }
+        // lapin reports the unreadable URI in its own words.
+        Err(_) => Connection::connect(uri.expose_secret(), properties).await,
+    }
 }
 
 /// Declares every event queue and the dead-letter queue under `prefix`, as

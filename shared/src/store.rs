@@ -481,13 +481,40 @@ impl Store {
 }
 
 impl Store {
-    /// Stores an analytics event; `false` when its id is already stored.
-    pub async fn insert_analytics(&self, event: &AnalyticsDoc) -> Result<bool, StoreError> {
-        match self.analytics.insert_one(event).await {
-            Ok(_) => Ok(true),
-            Err(err) if is_duplicate_key(&err) => Ok(false),
-            Err(err) => Err(StoreError(err)),
+    /// Stores analytics events with one unordered `insert_many`; for each
+    /// document, `false` when its id was already stored (before this call or
+    /// earlier in `events`). Any other failure fails the call: the caller
+    /// retries the whole batch, and the ids make the retry store each event once.
+    pub async fn insert_analytics(
+        &self,
+        events: &[&AnalyticsDoc],
+    ) -> Result<Vec<bool>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
+        let err = match self
+            .analytics
+            .insert_many(events.iter().copied())
+            .ordered(false)
+            .await
+        {
+            Ok(_) => return Ok(vec![true; events.len()]),
+            Err(err) => err,
+        };
+        let ErrorKind::InsertMany(failure) = err.kind.as_ref() else {
+            return Err(StoreError(err));
+        };
+        if failure.write_concern_error.is_some() {
+            return Err(StoreError(err));
+        }
+        let mut inserted = vec![true; events.len()];
+        for write in failure.write_errors.iter().flatten() {
+            match inserted.get_mut(write.index) {
+                Some(slot) if write.code == DUPLICATE_KEY => *slot = false,
+                _ => return Err(StoreError(err)),
+            }
+        }
+        Ok(inserted)
     }
 
     /// Summarises `user_analytics` with aggregations whose results grow with the

@@ -16,7 +16,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use mongodb::bson::{DateTime, Document, doc};
-use notify_consumer::process::{Incoming, Outcome, process};
+use notify_consumer::process::{Incoming, Outcome, Rejection, process, process_batch};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -203,6 +203,55 @@ async fn a_redelivered_event_is_recorded_once() {
     assert_eq!(process(&deps, legacy).await.unwrap(), Outcome::Recorded);
     assert_eq!(process(&deps, legacy).await.unwrap(), Outcome::Duplicate);
     assert_eq!(env.count("user_analytics").await, 2);
+}
+
+#[tokio::test]
+async fn a_batch_records_new_events_once_and_reports_each_message_in_order() {
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let token = deps.tokens.issue("batch_user", Role::User);
+    let authorization = format!("Bearer {}", finapp_tests::expose(&token));
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|n| {
+            let event = Event::new(EventType::UserActivity, "batch_user", format!("event {n}"));
+            serde_json::to_vec(&event).unwrap()
+        })
+        .collect();
+    let message = |n: usize| Incoming {
+        queue: "user_activity",
+        body: &bodies[n],
+        authorization: Some(&authorization),
+        message_id: None,
+    };
+    // Already stored before the batch arrives.
+    assert_eq!(process(&deps, message(0)).await.unwrap(), Outcome::Recorded);
+
+    let batch = [
+        message(0),
+        message(1),
+        Incoming {
+            authorization: None,
+            ..message(2)
+        },
+        message(1),
+        message(2),
+    ];
+    let outcomes = process_batch(&deps, &batch).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Duplicate,
+            Outcome::Recorded,
+            Outcome::Rejected(Rejection::MissingToken),
+            Outcome::Duplicate,
+            Outcome::Recorded,
+        ]
+    );
+    assert_eq!(env.count("user_analytics").await, 3);
+    // The whole batch again, as after a requeue: nothing new is written.
+    let again = process_batch(&deps, &batch).await.unwrap();
+    assert_eq!(again.iter().filter(|o| **o == Outcome::Recorded).count(), 0);
+    assert_eq!(env.count("user_analytics").await, 3);
 }
 
 #[tokio::test]

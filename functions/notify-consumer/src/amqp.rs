@@ -1,32 +1,35 @@
 //! The long-running runtime: consume the four queues with lapin until stopped.
 //!
-//! Prefetch is bounded, each message is acked only after its write succeeded
-//! (or after it reached the dead-letter queue), a database failure requeues it,
-//! and a lost connection is re-established with exponential backoff. The same
-//! process relays the publishers' outbox once a second.
+//! Prefetch is bounded. Messages already delivered are taken together, up to
+//! [`BATCH`] at a time, and written with one `insert_many`: under load the
+//! batches fill up, and a lone message is still written at once. Each message
+//! is acked only after its write succeeded (or after it reached the dead-letter
+//! queue), a database failure requeues the batch, and a lost connection is
+//! re-established with exponential backoff. The same process relays the
+//! publishers' outbox once a second.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use finapp_shared::{
     Deps,
-    events::{DEAD_LETTER_QUEUE, EventType, Outgoing, declare_queues},
+    events::{DEAD_LETTER_QUEUE, EventType, Outgoing, connect_broker, declare_queues},
 };
 use futures_util::StreamExt as _;
 use lapin::{
-    Connection, ConnectionProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
-use secrecy::ExposeSecret as _;
 use tokio::sync::watch;
 
-use crate::process::{Incoming, Outcome, process};
+use crate::process::{Incoming, Outcome, process_batch};
 
 /// Unacknowledged messages the broker may hand this process per queue.
 pub const PREFETCH: u16 = 256;
-/// Messages processed at once.
-pub const CONCURRENCY: usize = 128;
+/// Most messages written with one `insert_many`.
+pub const BATCH: usize = 128;
+/// Batches being written at once, so one batch's round trip overlaps the next.
+pub const WRITERS: usize = 4;
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const RELAY_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,11 +85,7 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), lapin::Error> {
     let prefix = &deps.config.queue_prefix;
-    let connection = Connection::connect(
-        deps.config.rabbitmq_uri.expose_secret(),
-        ConnectionProperties::default().with_connection_name("finapp-notify-consumer".into()),
-    )
-    .await?;
+    let connection = connect_broker(&deps.config.rabbitmq_uri, "finapp-notify-consumer").await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -116,7 +115,8 @@ async fn session(
             std::future::ready(delivery.is_ok())
         })
         .filter_map(|(kind, delivery)| std::future::ready(delivery.ok().map(|d| (kind, d))))
-        .for_each_concurrent(CONCURRENCY, |(kind, delivery)| handle(deps, kind, delivery));
+        .ready_chunks(BATCH)
+        .for_each_concurrent(WRITERS, |batch| handle_batch(deps, batch));
     let stop_requested = tokio::select! {
         () = work => false,
         _ = stopped.wait_for(|stop| *stop) => true,
@@ -128,44 +128,85 @@ async fn session(
     Ok(())
 }
 
-async fn handle(deps: &Deps, kind: EventType, delivery: Delivery) {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    let authorization = header_text(&headers, "Authorization");
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.to_string());
-    let incoming = Incoming {
-        queue: kind.queue(),
-        body: &delivery.data,
-        authorization: authorization.as_deref(),
-        message_id: message_id.as_deref(),
-    };
-    let settled = match process(deps, incoming).await {
-        Ok(Outcome::Recorded | Outcome::Duplicate) => true,
-        Ok(Outcome::Rejected(rejection)) => {
-            tracing::warn!(
-                queue = kind.queue(),
-                reason = rejection.reason(),
-                "message dead-lettered"
-            );
-            dead_letter(
-                deps,
-                kind.queue(),
-                &delivery.data,
-                headers,
-                rejection.reason(),
-            )
-            .await
+/// What a delivery carries that the handler reads, owned.
+struct Received {
+    kind: EventType,
+    delivery: Delivery,
+    headers: FieldTable,
+    authorization: Option<String>,
+    message_id: Option<String>,
+}
+
+impl Received {
+    fn new(kind: EventType, delivery: Delivery) -> Self {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        Self {
+            kind,
+            authorization: header_text(&headers, "Authorization"),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+            headers,
+            delivery,
         }
+    }
+
+    fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            queue: self.kind.queue(),
+            body: &self.delivery.data,
+            authorization: self.authorization.as_deref(),
+            message_id: self.message_id.as_deref(),
+        }
+    }
+}
+
+async fn handle_batch(deps: &Deps, batch: Vec<(EventType, Delivery)>) {
+    let received: Vec<Received> = batch
+        .into_iter()
+        .map(|(kind, delivery)| Received::new(kind, delivery))
+        .collect();
+    let incoming: Vec<Incoming<'_>> = received.iter().map(Received::incoming).collect();
+    let outcomes = match process_batch(deps, &incoming).await {
+        Ok(outcomes) => outcomes,
         Err(err) => {
-            tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "message not recorded; requeueing");
+            tracing::error!(
+                error = %err,
+                cause = ?std::error::Error::source(&err),
+                messages = received.len(),
+                "batch not recorded; requeueing"
+            );
             tokio::time::sleep(RETRY_PAUSE).await;
-            false
+            let requeue = received
+                .iter()
+                .map(|message| settle(&message.delivery, false));
+            futures_util::future::join_all(requeue).await;
+            return;
         }
     };
-    let acked = if settled {
+    let settled = received
+        .into_iter()
+        .zip(outcomes)
+        .map(|(message, outcome)| async move {
+            let done = match outcome {
+                Outcome::Recorded | Outcome::Duplicate => true,
+                Outcome::Rejected(rejection) => {
+                    let queue = message.kind.queue();
+                    tracing::warn!(queue, reason = rejection.reason(), "message dead-lettered");
+                    let body = &message.delivery.data;
+                    dead_letter(deps, queue, body, message.headers, rejection.reason()).await
+                }
+            };
+            settle(&message.delivery, done).await;
+        });
+    futures_util::future::join_all(settled).await;
+}
+
+/// Acks a message that is done with, or requeues one that is not.
+async fn settle(delivery: &Delivery, done: bool) {
+    let result = if done {
         delivery.ack(BasicAckOptions::default()).await
     } else {
         delivery
@@ -175,7 +216,7 @@ async fn handle(deps: &Deps, kind: EventType, delivery: Delivery) {
             })
             .await
     };
-    if let Err(err) = acked {
+    if let Err(err) = result {
         // The broker will redeliver; the write is idempotent.
         tracing::warn!(error = %err, "acknowledgement failed");
     }

@@ -1,10 +1,11 @@
 //! The Lambda runtime: Amazon MQ for RabbitMQ event batches.
 //!
 //! The event is parsed with our own lenient types: real events carry fields such
-//! as `"priority": null` that stricter types reject. Amazon MQ retries a whole
-//! batch when the function fails, so every message is processed before a
-//! database failure is reported, and the idempotent write makes the retry count
-//! each event once.
+//! as `"priority": null` that stricter types reject. Each queue's messages are
+//! written with one `insert_many`. Amazon MQ retries a whole batch when the
+//! function fails, so every queue is processed before a database failure is
+//! reported (a failed queue's refused messages are dead-lettered on the retry,
+//! not twice), and the idempotent write makes the retry count each event once.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -17,7 +18,7 @@ use serde_json::Value;
 
 use crate::{
     amqp::dead_letter,
-    process::{Incoming, Outcome, Rejection, process},
+    process::{Incoming, Outcome, Rejection, process_batch},
 };
 
 /// An Amazon MQ for RabbitMQ event (`eventSource: aws:rmq`).
@@ -108,6 +109,53 @@ pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// One message of a batch, its body decoded from base64.
+struct Decoded<'a> {
+    message: &'a RabbitMqMessage,
+    /// `None` when the data is not base64.
+    body: Option<Vec<u8>>,
+    authorization: Option<String>,
+}
+
+impl<'a> Decoded<'a> {
+    fn new(message: &'a RabbitMqMessage) -> Self {
+        Self {
+            body: base64::engine::general_purpose::STANDARD
+                .decode(message.data.trim())
+                .ok(),
+            authorization: message.basic_properties.header("Authorization"),
+            message,
+        }
+    }
+
+    /// The message as the processor takes it; `None` if its body is not base64.
+    fn incoming<'b>(&'b self, queue: &'b str) -> Option<Incoming<'b>> {
+        Some(Incoming {
+            queue,
+            body: self.body.as_ref()?,
+            authorization: self.authorization.as_deref(),
+            message_id: self.message.basic_properties.message_id.as_deref(),
+        })
+    }
+
+    /// What goes to the dead-letter queue: the decoded body, or the raw text.
+    fn raw_body(&self) -> &[u8] {
+        self.body.as_deref().unwrap_or(self.message.data.as_bytes())
+    }
+
+    /// The headers kept on a dead-lettered copy.
+    fn headers(&self) -> FieldTable {
+        let mut headers = FieldTable::default();
+        if let Some(value) = &self.authorization {
+            headers.insert(
+                "Authorization".into(),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+        headers
+    }
+}
+
 /// Processes every message of `event`; fails (so the batch is retried) if any
 /// message could not be settled.
 pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchReport, BatchError> {
@@ -116,44 +164,45 @@ pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchRepo
     for (key, messages) in &event.rmq_messages_by_queue {
         let full_queue = key.split("::").next().unwrap_or(key);
         let queue = deps.events.strip_prefix(full_queue);
-        for message in messages {
-            let authorization = message.basic_properties.header("Authorization");
-            let decoded = base64::engine::general_purpose::STANDARD.decode(message.data.trim());
-            let outcome = match &decoded {
-                Ok(body) => {
-                    let incoming = Incoming {
-                        queue,
-                        body,
-                        authorization: authorization.as_deref(),
-                        message_id: message.basic_properties.message_id.as_deref(),
-                    };
-                    process(deps, incoming).await
-                }
-                Err(_) => Ok(Outcome::Rejected(Rejection::NotBase64)),
+        let decoded: Vec<Decoded> = messages.iter().map(Decoded::new).collect();
+        let incoming: Vec<Incoming<'_>> = decoded
+            .iter()
+            .filter_map(|message| message.incoming(queue))
+            .collect();
+        let mut outcomes = match process_batch(deps, &incoming).await {
+            Ok(outcomes) => outcomes.into_iter(),
+            Err(err) => {
+                tracing::error!(error = %err, cause = ?std::error::Error::source(&err), queue, "batch not recorded");
+                failed += messages.len();
+                continue;
+            }
+        };
+        for message in &decoded {
+            let outcome = match &message.body {
+                Some(_) => outcomes.next(),
+                None => Some(Outcome::Rejected(Rejection::NotBase64)),
             };
             match outcome {
-                Ok(Outcome::Recorded) => report.recorded += 1,
-                Ok(Outcome::Duplicate) => report.duplicates += 1,
-                Ok(Outcome::Rejected(rejection)) => {
+                Some(Outcome::Recorded) => report.recorded += 1,
+                Some(Outcome::Duplicate) => report.duplicates += 1,
+                Some(Outcome::Rejected(rejection)) => {
                     tracing::warn!(queue, reason = rejection.reason(), "message dead-lettered");
-                    let body = decoded.as_deref().unwrap_or(message.data.as_bytes());
-                    let mut headers = FieldTable::default();
-                    if let Some(value) = &authorization {
-                        headers.insert(
-                            "Authorization".into(),
-                            AMQPValue::LongString(LongString::from(value.as_str())),
-                        );
-                    }
-                    if dead_letter(deps, queue, body, headers, rejection.reason()).await {
+                    if dead_letter(
+                        deps,
+                        queue,
+                        message.raw_body(),
+                        message.headers(),
+                        rejection.reason(),
+                    )
+                    .await
+                    {
                         report.dead_lettered += 1;
                     } else {
                         failed += 1;
                     }
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "message not recorded");
-                    failed += 1;
-                }
+                // process_batch returns one outcome per message.
+                None => failed += 1,
             }
         }
     }

@@ -71,15 +71,32 @@ impl Rejection {
 /// Checks a message and records it. `Err` means the database failed and the
 /// message should be retried; everything about the message itself is an [`Outcome`].
 pub async fn process(deps: &Deps, message: Incoming<'_>) -> Result<Outcome, StoreError> {
-    let doc = match analytics_doc(deps, message) {
-        Ok(doc) => doc,
-        Err(rejection) => return Ok(Outcome::Rejected(rejection)),
-    };
-    Ok(if deps.store.insert_analytics(&doc).await? {
-        Outcome::Recorded
-    } else {
-        Outcome::Duplicate
-    })
+    let mut outcomes = process_batch(deps, &[message]).await?;
+    // One message in, one outcome out.
+    Ok(outcomes.pop().unwrap_or(Outcome::Duplicate))
+}
+
+/// Checks every message and records the acceptable ones with a single write;
+/// one outcome per message, in order. `Err` means the database failed: retry
+/// the whole batch (the write is idempotent, so nothing is counted twice).
+pub async fn process_batch(
+    deps: &Deps,
+    messages: &[Incoming<'_>],
+) -> Result<Vec<Outcome>, StoreError> {
+    let checked: Vec<Result<AnalyticsDoc, Rejection>> = messages
+        .iter()
+        .map(|message| analytics_doc(deps, *message))
+        .collect();
+    let docs: Vec<&AnalyticsDoc> = checked.iter().filter_map(|doc| doc.as_ref().ok()).collect();
+    let mut inserted = deps.store.insert_analytics(&docs).await?.into_iter();
+    Ok(checked
+        .iter()
+        .map(|doc| match doc {
+            Err(rejection) => Outcome::Rejected(*rejection),
+            Ok(_) if inserted.next() == Some(true) => Outcome::Recorded,
+            Ok(_) => Outcome::Duplicate,
+        })
+        .collect())
 }
 
 /// Everything short of the write: authenticate, parse, and shape the document.
