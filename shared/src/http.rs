@@ -3,7 +3,10 @@
 //! such an error, request-scoped logging, and `serve`, which runs a router under
 //! the Lambda runtime or as a plain HTTP server.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -266,8 +269,20 @@ pub fn app(routes: Router) -> Router {
         .layer(middleware::from_fn(request_span))
 }
 
+/// The target of the per-request line: `RUST_LOG=info,access=debug` turns
+/// an access log on.
+pub const ACCESS_LOG_TARGET: &str = "access";
+/// A request slower than this is logged at `info` whatever the filter.
+pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
+
 /// Runs `request` inside a span holding its id (Lambda's, the caller's
-/// `x-request-id`, or a new one) and logs one line when it completes.
+/// `x-request-id`, or a new one) and echoes the id in the response.
+///
+/// Refusals and failures are logged where they happen, inside this span, so
+/// they carry the id. The line for every completed request is `debug` on
+/// [`ACCESS_LOG_TARGET`] (API Gateway and the ingress keep access logs of their
+/// own, and one write per request would cost more than the rest of a cheap
+/// request); a slow request is logged at `info`.
 async fn request_span(request: Request, next: Next) -> Response {
     let request_id = request
         .extensions()
@@ -291,11 +306,14 @@ async fn request_span(request: Request, next: Next) -> Response {
     async move {
         let started = Instant::now();
         let mut response = next.run(request).await;
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "request completed"
-        );
+        let latency = started.elapsed();
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let status = response.status().as_u16();
+        if latency >= SLOW_REQUEST {
+            tracing::info!(target: ACCESS_LOG_TARGET, status, latency_us, "slow request");
+        } else {
+            tracing::debug!(target: ACCESS_LOG_TARGET, status, latency_us, "request completed");
+        }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }

@@ -55,7 +55,10 @@ async fn a_function_with_a_short_jwt_secret_key_exits_non_zero_within_a_second_n
 async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
     let env = TestEnv::new();
     let signup = FunctionProcess::start("signup", &env).await;
-    let mut login = FunctionProcess::start("login", &env).await;
+    // With the access log on, so every request writes a line that could leak.
+    let access_log = ("RUST_LOG", "info,access=debug".to_owned());
+    let vars = env.vars().into_iter().chain([access_log]);
+    let mut login = FunctionProcess::start_with("login", vars).await;
     let client = reqwest::Client::new();
     let password = "Very-Secret-Password-42";
 
@@ -87,7 +90,7 @@ async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
     let (status, health) = send(client.get(format!("{}/healthz", login.base_url))).await;
     assert_eq!((status, health), (200, json!({"status": "ok"})));
 
-    // Every request logged a completion line carrying its request id.
+    // The access log has a line per request, carrying its request id.
     let completed = login
         .process
         .wait_for_line("request completed", Duration::from_secs(5))
