@@ -124,6 +124,7 @@ fn run(settings: &Settings) -> Result<bool> {
         release_profile: machine::release_profile(
             &std::fs::read_to_string(settings.workspace.join("Cargo.toml")).unwrap_or_default(),
         ),
+        history: std::fs::read_to_string(settings.workspace.join("bench/HISTORY.md")).ok(),
         scale: std::fs::read_to_string(settings.workspace.join("bench/SCALE.md")).ok(),
         problems,
     };
