@@ -170,6 +170,13 @@ impl Bench<'_> {
         )
     }
 
+    /// [`Self::start`] with `RUST_LOG` set to `filter`, logging to `logs/<log>.log`.
+    fn start_logging(&self, function: &str, filter: &str, log: &str) -> Result<Process> {
+        let mut env = self.fixture.env_in(&self.fixture.space);
+        env.push(("RUST_LOG".into(), filter.into()));
+        Process::http(&self.settings.binary(function), &env, &self.log(log))
+    }
+
     /// A saturating load: the configured threads, connections and duration.
     fn saturate(&self, process: &Process, script: Script) -> Load {
         Load {
@@ -369,20 +376,8 @@ impl Bench<'_> {
     pub fn framework(&mut self) -> Result<Framework> {
         let (settings, fixture) = (self.settings, self.fixture);
         let function = self.start("status", &fixture.space)?;
-        let mut quiet_env = fixture.env_in(&fixture.space);
-        quiet_env.push(("RUST_LOG".into(), "warn".into()));
-        let quiet = Process::http(
-            &settings.binary("status"),
-            &quiet_env,
-            &self.log("status-quiet"),
-        )?;
-        let mut access_env = fixture.env_in(&fixture.space);
-        access_env.push(("RUST_LOG".into(), "info,access=debug".into()));
-        let access_log = Process::http(
-            &settings.binary("status"),
-            &access_env,
-            &self.log("status-access-log"),
-        )?;
+        let quiet = self.start_logging("status", "warn", "status-quiet")?;
+        let access_log = self.start_logging("status", "info,access=debug", "status-access-log")?;
         let hello = Process::http(
             &settings.binary("bench-hello"),
             &[],

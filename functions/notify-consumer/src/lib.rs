@@ -1,7 +1,7 @@
 //! notify-consumer: records every event from the four event queues in
 //! `user_analytics`, exactly once per event id.
 //!
-//! One binary, two runtimes, one handler ([`process::process`]):
+//! One binary, two runtimes, one handler ([`process::process_batch`]):
 //! - long-running (Kubernetes): [`amqp::run`] consumes with lapin, acks after
 //!   the write, reconnects with backoff, and relays the outbox;
 //! - Lambda: [`lambda::handle_batch`] takes Amazon MQ for RabbitMQ event batches.
