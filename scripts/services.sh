@@ -24,6 +24,16 @@ wait_port() {
   done
 }
 
+# Prints the end of each log given, so a failed start says why in CI's output.
+show_log() {
+  local file
+  for file in "$@"; do
+    [ -f "$file" ] || continue
+    log "last lines of $file:"
+    tail -n 40 "$file" >&2
+  done
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 install_ferretdb() {
@@ -64,16 +74,26 @@ start_ferretdb() {
   mkdir -p "$STATE/ferretdb/data"
   setsid nohup finapp-ferretdb --sqlite-url="file:$STATE/ferretdb/data/" \
     --listen-addr=127.0.0.1:27017 --log-level=warn >"$STATE/ferretdb.log" 2>&1 &
-  wait_port 27017 30
+  wait_port 27017 30 || { show_log "$STATE/ferretdb.log"; return 1; }
 }
 
+# The node runs as the caller, named finapp@localhost, with its data and logs
+# under $STATE. Debian's /usr/sbin wrapper would re-run it as the rabbitmq user
+# (via su) and name it rabbit@$(hostname), which fails to start on a machine
+# whose hostname does not resolve; the script underneath has neither problem.
 start_rabbitmq() {
   port_open 5672 && return
-  log "starting RabbitMQ on 127.0.0.1:5672"
-  # The Debian package may have started (or failed to start) a service already;
-  # in a container without systemd we run the server ourselves.
-  RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 setsid nohup rabbitmq-server >"$STATE/rabbitmq.log" 2>&1 &
-  wait_port 5672 90
+  log "starting RabbitMQ on 127.0.0.1:5672 (data in $STATE/rabbitmq)"
+  local dir="$STATE/rabbitmq" server=/usr/lib/rabbitmq/bin/rabbitmq-server
+  [ -x "$server" ] || server=rabbitmq-server
+  mkdir -p "$dir"
+  [ -f "$dir/enabled_plugins" ] || echo '[].' >"$dir/enabled_plugins"
+  touch "$dir/rabbitmq-env.conf"
+  RABBITMQ_NODENAME=finapp@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=5672 \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_PID_FILE="$dir/pid" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
+    setsid nohup "$server" >"$STATE/rabbitmq.log" 2>&1 &
+  wait_port 5672 120 || { show_log "$STATE/rabbitmq.log" "$dir"/log/*.log; return 1; }
 }
 
 install_ferretdb
