@@ -265,8 +265,13 @@ pub fn app(routes: Router) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_span))
+        // One `layer` call: axum wraps every route once per call, and each
+        // wrapper is cloned for every request.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(middleware::from_fn(request_span))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
 }
 
 /// The target of the per-request line: `RUST_LOG=info,access=debug` turns
@@ -282,7 +287,9 @@ pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 /// they carry the id. The line for every completed request is `debug` on
 /// [`ACCESS_LOG_TARGET`] (API Gateway and the ingress keep access logs of their
 /// own, and one write per request would cost more than the rest of a cheap
-/// request); a slow request is logged at `info`.
+/// request); a slow request is logged at `info`. The method and path are on
+/// that line, not in the span: each function serves one route, so its name
+/// already says which, and every span field is formatted for every request.
 async fn request_span(request: Request, next: Next) -> Response {
     let request_id = request
         .extensions()
@@ -297,22 +304,20 @@ async fn request_span(request: Request, next: Next) -> Response {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
+    let span = tracing::info_span!("request", request_id = %request_id);
     async move {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
         let started = Instant::now();
         let mut response = next.run(request).await;
         let latency = started.elapsed();
         let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let status = response.status().as_u16();
+        let path = uri.path();
         if latency >= SLOW_REQUEST {
-            tracing::info!(target: ACCESS_LOG_TARGET, status, latency_us, "slow request");
+            tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
         } else {
-            tracing::debug!(target: ACCESS_LOG_TARGET, status, latency_us, "request completed");
+            tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
         }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);

@@ -12,7 +12,7 @@ use finapp_shared::{
 };
 use finapp_tests::{FunctionProcess, Process, Signal, TestEnv, function_binary, leaks, send};
 use mongodb::bson::Document;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
 async fn start_without_valid_secret(
@@ -90,12 +90,20 @@ async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
     let (status, health) = send(client.get(format!("{}/healthz", login.base_url))).await;
     assert_eq!((status, health), (200, json!({"status": "ok"})));
 
-    // The access log has a line per request, carrying its request id.
+    // The access log has a line per request: its method, path and status,
+    // inside the request span that carries its id.
     let completed = login
         .process
         .wait_for_line("request completed", Duration::from_secs(5))
         .await;
-    assert!(completed.contains("request_id"), "{completed}");
+    let line: Value = serde_json::from_str(&completed).expect("a JSON log line");
+    assert!(line["method"].is_string(), "{completed}");
+    assert!(
+        line["path"].as_str().is_some_and(|path| path.starts_with('/')),
+        "{completed}"
+    );
+    assert!(line["status"].is_u64(), "{completed}");
+    assert!(line["spans"][0]["request_id"].is_string(), "{completed}");
 
     login.process.signal(Signal::SIGTERM);
     let status = login.process.wait_exit(Duration::from_secs(5)).await;
