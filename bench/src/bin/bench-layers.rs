@@ -1,0 +1,117 @@
+//! The framework floor taken apart: `bench-hello`'s `GET /healthz` with one
+//! variant of the per-request middleware each, so `scripts/bench-layers.sh`
+//! can count what every piece costs in instructions per request (callgrind),
+//! a figure that does not drift with the machine's load as req/s does.
+//!
+//! `bench-layers VARIANT`, listening on `PORT` (default 8080), logging as the
+//! functions do (`RUST_LOG`, default `info`):
+//! - `bare`: no middleware (the same server as `bench-hello`)
+//! - `shared`: the functions' own `finapp_shared::http::app`
+//! - `from-fn`: axum's `from_fn` with a middleware that only calls the next
+//! - `request-id`: `from_fn` with the request id and its response header, no span
+//! - `tower-http`: the id and span from tower-http's `SetRequestId`,
+//!   `TraceLayer` and `PropagateRequestId`, which need no boxing per request
+
+use axum::{
+    Router,
+    extract::Request,
+    http::HeaderValue,
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
+use serde_json::json;
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+fn hello() -> Router {
+    Router::new().route(
+        "/healthz",
+        get(|| async { axum::Json(json!({ "status": "ok" })) }),
+    )
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
+async fn pass_through(request: Request, next: Next) -> Response {
+    next.run(request).await
+}
+
+async fn request_id_only(request: Request, next: Next) -> Response {
+    let id = new_request_id();
+    let mut response = next.run(request).await;
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+#[derive(Clone)]
+struct UuidRequestId;
+
+impl MakeRequestId for UuidRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        Some(RequestId::new(new_request_id()))
+    }
+}
+
+fn with_tower_http(routes: Router) -> Router {
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &axum::http::Request<_>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!(
+                "request",
+                request_id = %id,
+                method = %request.method(),
+                path = %request.uri().path(),
+            )
+        })
+        .on_request(())
+        .on_failure(());
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(UuidRequestId))
+            .layer(trace)
+            .layer(PropagateRequestIdLayer::x_request_id()),
+    )
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let variant = std::env::args().nth(1).unwrap_or_default();
+    let app = match variant.as_str() {
+        "bare" => hello(),
+        "shared" => finapp_shared::http::app(hello()),
+        "from-fn" => hello().layer(middleware::from_fn(pass_through)),
+        "request-id" => hello().layer(middleware::from_fn(request_id_only)),
+        "tower-http" => with_tower_http(hello()),
+        other => {
+            eprintln!("unknown variant {other:?}: bare, shared, from-fn, request-id, tower-http");
+            std::process::exit(2);
+        }
+    };
+    finapp_shared::telemetry::init();
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(8080);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            if let Ok(mut terminate) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                terminate.recv().await;
+            }
+        })
+        .await
+}
