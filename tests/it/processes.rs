@@ -99,7 +99,9 @@ async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
     let line: Value = serde_json::from_str(&completed).expect("a JSON log line");
     assert!(line["method"].is_string(), "{completed}");
     assert!(
-        line["path"].as_str().is_some_and(|path| path.starts_with('/')),
+        line["path"]
+            .as_str()
+            .is_some_and(|path| path.starts_with('/')),
         "{completed}"
     );
     assert!(line["status"].is_u64(), "{completed}");
