@@ -30,7 +30,12 @@ case "${BENCH_SKIP_LAMBDA:-}" in
     # one function at a time, as `sam build` builds them, so each bootstrap
     # carries only its own function's dependency features.
     arch=()
-    if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+    arm64_installed() { rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; }
+    if ! arm64_installed && command -v rustup >/dev/null; then
+      log "adding the rustup target aarch64-unknown-linux-gnu (the SAM template deploys arm64)"
+      rustup target add aarch64-unknown-linux-gnu >&2 || log "could not add it; building for x86_64"
+    fi
+    if arm64_installed; then
       arch=(--arm64)
     fi
     for dir in functions/*/; do
