@@ -16,8 +16,41 @@ pub struct NewApplication {
 #[schema(example = json!({"loan_types": ["personal"], "amount": 15000, "purpose": "Car purchase"}))]
 pub struct ApplicationRequest {
     pub loan_types: Vec<String>,
+    /// A number, or a string holding one (the original web client sends the
+    /// form's text, e.g. `"15000"`, and the original services accepted it).
+    #[serde(deserialize_with = "number_or_numeric_string")]
+    #[schema(schema_with = amount_schema)]
     pub amount: f64,
     pub purpose: String,
+}
+
+/// Reads a JSON number, or a string that parses as one after trimming.
+fn number_or_numeric_string<'de, D: serde::Deserializer<'de>>(de: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+    }
+    let invalid = || serde::de::Error::custom("amount must be a number or a numeric string");
+    match Raw::deserialize(de).map_err(|_| invalid())? {
+        Raw::Number(number) => Ok(number),
+        Raw::Text(text) => text.trim().parse().map_err(|_| invalid()),
+    }
+}
+
+fn amount_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")),
+        )
+        .description(Some("Greater than 0 and at most 100000000"))
+        .build()
+        .into()
 }
 
 impl NewApplication {
@@ -196,6 +229,29 @@ mod tests {
             let shown = format!("{case:?}");
             assert!(NewApplication::try_from(case).is_err(), "accepted {shown}");
         }
+    }
+
+    #[test]
+    fn the_amount_may_be_a_number_or_a_numeric_string() {
+        let parse = |amount: &str| {
+            serde_json::from_str::<ApplicationRequest>(&format!(
+                r#"{{"loan_types": ["x"], "amount": {amount}, "purpose": "p"}}"#
+            ))
+            .map(|request| request.amount)
+        };
+        assert_eq!(parse("15000").unwrap(), 15000.0);
+        assert_eq!(parse(r#""15000""#).unwrap(), 15000.0);
+        assert_eq!(parse(r#"" 1500.5 ""#).unwrap(), 1500.5);
+        for bad in [r#""abc""#, r#""""#, r#""15,000""#, "true", "null", "[1]"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("amount must be a number"), "{bad}: {err}");
+        }
+        // A string is held to the same limits as a number.
+        let huge = serde_json::from_str::<ApplicationRequest>(
+            r#"{"loan_types": ["x"], "amount": "100000001", "purpose": "p"}"#,
+        )
+        .unwrap();
+        assert!(NewApplication::try_from(huge).is_err());
     }
 
     #[test]

@@ -25,6 +25,18 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
         (Method::GET, "/financing-options".into(), None, false),
         (
             Method::POST,
+            "/log-financing-options-visit".into(),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            "/apply-finance".into(),
+            Some(json!({"loan_types": ["personal"], "amount": "1500", "purpose": "Car"})),
+            false,
+        ),
+        (
+            Method::POST,
             "/select-financing-option".into(),
             Some(json!({"option_id": OBJECT_ID})),
             false,

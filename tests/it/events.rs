@@ -87,7 +87,8 @@ async fn analytics_counts_exactly_the_logins_and_checks_a_user_made() {
         token = login["access_token"].as_str().unwrap().to_owned();
     }
     for _ in 0..2 {
-        let (status, _) = send(app.authed(Method::GET, "/financing-options", &token)).await;
+        let (status, _) =
+            send(app.authed(Method::POST, "/log-financing-options-visit", &token)).await;
         assert_eq!(status, 200);
     }
     app.apply(&token, 15000.0).await;
@@ -408,7 +409,8 @@ async fn no_event_is_lost_while_the_broker_is_down() {
         assert_eq!(status, 200);
     }
     for _ in 0..2 {
-        let (status, _) = send(app.authed(Method::GET, "/financing-options", &token)).await;
+        let (status, _) =
+            send(app.authed(Method::POST, "/log-financing-options-visit", &token)).await;
         assert_eq!(status, 200);
     }
     app.apply(&token, 500.0).await;

@@ -57,17 +57,21 @@ async fn apply_refuses_every_invalid_application_with_a_4xx_and_writes_nothing()
         json!({"loan_types": ["personal"], "amount": 0, "purpose": "p"}),
         json!({"loan_types": ["personal"], "amount": -1, "purpose": "p"}),
         json!({"loan_types": ["personal"], "amount": 100_000_001, "purpose": "p"}),
-        json!({"loan_types": ["personal"], "amount": "15000", "purpose": "p"}),
+        json!({"loan_types": ["personal"], "amount": "fifteen", "purpose": "p"}),
+        json!({"loan_types": ["personal"], "amount": "0", "purpose": "p"}),
+        json!({"loan_types": ["personal"], "amount": "100000001", "purpose": "p"}),
         json!({"loan_types": ["personal"], "amount": 10, "purpose": ""}),
         json!({"loan_types": ["personal"], "amount": 10, "purpose": "p".repeat(1001)}),
         json!({"loan_types": "personal", "amount": 10, "purpose": "p"}),
         json!({"amount": 10, "purpose": "p"}),
         json!(null),
     ];
-    for body in cases {
-        let (status, reply) = send(app.authed(Method::POST, "/apply", &token).json(&body)).await;
-        assert!((400..500).contains(&status), "{body} -> {status}");
-        assert!(reply["error"].is_string(), "{body} -> {reply}");
+    for path in ["/apply", "/apply-finance"] {
+        for body in &cases {
+            let (status, reply) = send(app.authed(Method::POST, path, &token).json(body)).await;
+            assert!((400..500).contains(&status), "{path} {body} -> {status}");
+            assert!(reply["error"].is_string(), "{path} {body} -> {reply}");
+        }
     }
     let (status, _) = send(
         app.authed(Method::POST, "/apply", &token)
@@ -139,7 +143,7 @@ async fn dashboard_info_counts_the_callers_applications_by_status() {
 }
 
 #[tokio::test]
-async fn financing_options_lists_the_seeded_options_and_publishes_a_check() {
+async fn financing_options_lists_the_seeded_options_and_only_a_visit_log_is_a_check() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
     assert_eq!(
@@ -184,12 +188,24 @@ async fn financing_options_lists_the_seeded_options_and_publishes_a_check() {
         options[0]["eligibility_criteria"],
         json!({"min_income": 60000, "credit_score": 720})
     );
+
+    // Reading the catalogue publishes nothing; logging the visit publishes one check.
+    let (status, logged) =
+        send(app.authed(Method::POST, "/log-financing-options-visit", &token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(logged, json!({"message": "Visit logged successfully"}));
     let message = env.next_message(EventType::UserActivity).await;
     let event: Event = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(event.username, "browser");
     assert!(
         event.message.contains("checked financing options"),
         "{}",
         event.message
+    );
+    assert_eq!(
+        env.queue_depth(&env.queue(EventType::UserActivity)).await,
+        0,
+        "reading the catalogue published an event"
     );
 }
 

@@ -233,7 +233,7 @@ impl Default for TestEnv {
 
 /// Every HTTP function's routes, merged, for tests that exercise several at once.
 pub fn all_functions(deps: Arc<Deps>) -> Router {
-    let builders: [fn(Arc<Deps>) -> Router; 11] = [
+    let builders: [fn(Arc<Deps>) -> Router; 12] = [
         signup::router,
         login::router,
         apply::router,
@@ -241,6 +241,7 @@ pub fn all_functions(deps: Arc<Deps>) -> Router {
         dashboard_info::router,
         financing_options::router,
         select_financing_option::router,
+        log_financing_options_visit::router,
         update_status::router,
         admin_applications::router,
         admin_update_status::router,

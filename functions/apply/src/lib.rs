@@ -1,5 +1,6 @@
 //! `POST /apply`: stores a finance application for the caller and publishes
-//! `application_submitted`.
+//! `application_submitted`. `POST /apply-finance`, the path the original web
+//! client's form posts to, is the same endpoint under its old name.
 
 use std::sync::Arc;
 
@@ -13,7 +14,10 @@ use finapp_shared::{
 use serde::{Deserialize, Serialize};
 
 pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new().route("/apply", post(apply)).with_state(deps)
+    Router::new()
+        .route("/apply", post(apply))
+        .route("/apply-finance", post(apply_finance))
+        .with_state(deps)
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -39,6 +43,34 @@ pub async fn apply(
     State(deps): State<Arc<Deps>>,
     user: AuthUser,
     Json(body): Json<ApplicationRequest>,
+) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
+    submit(&deps, user, body).await
+}
+
+/// The original web client's name for `POST /apply`: the same rules and response.
+#[utoipa::path(post, path = "/apply-finance", tag = "finance", request_body = ApplicationRequest,
+    security(("bearer" = [])), responses(
+        (status = 201, description = "Submitted as pending", body = ApplyResponse),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+))]
+#[tracing::instrument(skip_all, fields(username = %user.username))]
+pub async fn apply_finance(
+    State(deps): State<Arc<Deps>>,
+    user: AuthUser,
+    Json(body): Json<ApplicationRequest>,
+) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
+    submit(&deps, user, body).await
+}
+
+async fn submit(
+    deps: &Deps,
+    user: AuthUser,
+    body: ApplicationRequest,
 ) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
     let application = NewApplication::try_from(body).map_err(ApiError::Validation)?;
     let id = deps

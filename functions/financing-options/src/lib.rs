@@ -1,12 +1,12 @@
-//! `GET /financing-options`: every financing option; publishes a `user_activity`
-//! "checked financing options" event, which analytics counts.
+//! `GET /financing-options`: every financing option. It publishes no event: the
+//! original web client loads the catalogue on several pages, and only an
+//! explicit `POST /log-financing-options-visit` counts as a financing check.
 
 use std::sync::Arc;
 
 use axum::{Router, extract::State, routing::get};
 use finapp_shared::{
     Deps,
-    events::{Event, EventType},
     http::{ApiError, AuthUser, ErrorBody},
 };
 
@@ -16,8 +16,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-/// Every financing option, `_id` as a string; publishes a `user_activity`
-/// "checked financing options" event.
+/// Every financing option, `_id` as a string.
 #[utoipa::path(get, path = "/financing-options", tag = "finance", security(("bearer" = [])), responses(
         (status = 200, description = "The options", body = Vec<Object>),
         (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
@@ -28,9 +27,5 @@ pub async fn financing_options(
     State(deps): State<Arc<Deps>>,
     user: AuthUser,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
-    let options = deps.store.financing_options().await?;
-    let message = format!("User {} checked financing options", user.username);
-    let event = Event::new(EventType::UserActivity, &user.username, message);
-    deps.events.emit(&event, &user.token).await;
-    Ok(axum::Json(options))
+    Ok(axum::Json(deps.store.financing_options().await?))
 }
