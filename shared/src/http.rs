@@ -1,5 +1,5 @@
 //! The HTTP edge shared by every function: the error type and its one mapping to
-//! `{"error": CODE, "message": TEXT}`, extractors that turn every bad input into
+//! `{"error": CODE, "message": TEXT, "detail": TEXT}`, extractors that turn every bad input into
 //! such an error, request-scoped logging, and `serve`, which runs a router under
 //! the Lambda runtime or as a plain HTTP server.
 
@@ -69,6 +69,10 @@ pub struct ErrorBody {
     /// What went wrong, for a person.
     #[schema(example = "username must be 3 to 64 characters")]
     pub message: String,
+    /// The same text under FastAPI's name: the original web client shows
+    /// `error.response.data.detail`.
+    #[schema(example = "username must be 3 to 64 characters")]
+    pub detail: String,
 }
 
 /// Failures of our own machinery, as opposed to the client's input.
@@ -144,9 +148,11 @@ impl IntoResponse for ApiError {
                 "request refused"
             );
         }
+        let message = self.to_string();
         let body = ErrorBody {
             error: self.code().to_owned(),
-            message: self.to_string(),
+            detail: message.clone(),
+            message,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -425,7 +431,11 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
             body,
-            json!({ "error": "unauthorized", "message": "token has expired" })
+            json!({
+                "error": "unauthorized",
+                "message": "token has expired",
+                "detail": "token has expired"
+            })
         );
     }
 
@@ -440,7 +450,11 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
             body,
-            json!({ "error": "internal_error", "message": "internal error" })
+            json!({
+                "error": "internal_error",
+                "message": "internal error",
+                "detail": "internal error"
+            })
         );
     }
 }

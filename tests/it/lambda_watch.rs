@@ -2,58 +2,13 @@
 //! emulates the Lambda runtime API and API Gateway's HTTP events, routed with
 //! `[workspace.metadata.lambda.watch.router]` as in production.
 
-use std::{net::TcpListener, time::Duration};
-
 use base64::Engine as _;
 use finapp_shared::{
     auth::{Claims, Role},
     events::{Event, EventType},
 };
-use finapp_tests::{Process, TestEnv, expose, send, wait_for, workspace_root};
+use finapp_tests::{TestEnv, Watch, expose, send, workspace_root};
 use serde_json::{Value, json};
-use tokio::process::Command;
-
-/// A `cargo lambda watch` serving every function with this test's environment.
-struct Watch {
-    _process: Process,
-    base_url: String,
-    port: u16,
-}
-
-impl Watch {
-    async fn start(env: &TestEnv) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = Command::new("cargo");
-        command
-            .args([
-                "lambda",
-                "watch",
-                "--ignore-changes",
-                "--invoke-port",
-                &port.to_string(),
-            ])
-            .current_dir(workspace_root())
-            .envs(env.vars());
-        let process = Process::spawn(command);
-        let base_url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        wait_for(
-            "cargo lambda watch to listen",
-            Duration::from_secs(60),
-            || async { client.get(&base_url).send().await.ok().map(|_| ()) },
-        )
-        .await;
-        Self {
-            _process: process,
-            base_url,
-            port,
-        }
-    }
-}
 
 #[tokio::test]
 async fn signup_and_login_work_through_cargo_lambda_watch() {

@@ -12,3 +12,4 @@ mod processes;
 mod secrets;
 mod signup;
 mod validators;
+mod web_client;

@@ -137,7 +137,9 @@ async fn every_kind_of_bad_input_gets_a_4xx_json_error_and_writes_nothing() {
         let (status, body) = send(request).await;
         assert!((400..500).contains(&status), "{case}: status {status}");
         assert!(
-            body["error"].is_string() && body["message"].is_string(),
+            body["error"].is_string()
+                && body["message"].is_string()
+                && body["detail"] == body["message"],
             "{case}: body {body}"
         );
     }

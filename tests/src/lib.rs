@@ -364,6 +364,48 @@ pub fn function_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A `cargo lambda watch` serving every function with this test's environment.
+pub struct Watch {
+    _process: Process,
+    pub base_url: String,
+    pub port: u16,
+}
+
+impl Watch {
+    pub async fn start(env: &TestEnv) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new("cargo");
+        command
+            .args([
+                "lambda",
+                "watch",
+                "--ignore-changes",
+                "--invoke-port",
+                &port.to_string(),
+            ])
+            .current_dir(workspace_root())
+            .envs(env.vars());
+        let process = Process::spawn(command);
+        let base_url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        wait_for(
+            "cargo lambda watch to listen",
+            Duration::from_secs(60),
+            || async { client.get(&base_url).send().await.ok().map(|_| ()) },
+        )
+        .await;
+        Self {
+            _process: process,
+            base_url,
+            port,
+        }
+    }
+}
+
 /// A child process in its own process group, killed with its children on drop,
 /// whose stdout and stderr lines are collected.
 pub struct Process {

@@ -89,5 +89,5 @@ pub async fn signup(
 }
 
 fn taken() -> ApiError {
-    ApiError::Conflict("username is already registered".into())
+    ApiError::Conflict("User already exists".into())
 }
