@@ -4,6 +4,9 @@
 # production paths (`curl localhost:9000/signup ...`). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Settings from .env (see .env.example), under any set in the environment.
+source scripts/dotenv.sh
+load_dotenv .env
 source scripts/services.sh
 
 # A development secret, generated once and kept in .dev/ so tokens survive restarts.

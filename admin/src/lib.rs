@@ -1,4 +1,7 @@
-//! The operator commands behind the `finapp-admin` binary. Both are idempotent.
+//! The operator commands behind the `finapp-admin` binary. Each is idempotent.
+
+pub mod doctor;
+pub mod queues;
 
 use finapp_shared::{
     auth::{PasswordError, Passwords},
@@ -16,6 +19,8 @@ pub enum AdminError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Password(#[from] PasswordError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
 }
 
 /// Creates `username` as an admin, or promotes and re-keys an existing user.

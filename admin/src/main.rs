@@ -1,15 +1,24 @@
-//! `finapp-admin`: operator commands, configured by the same environment as the functions.
+//! `finapp-admin`: operator commands, configured like the functions (a `.env`
+//! file, the environment, `FINAPP_SECRET_ID`).
 //!
 //! ```text
 //! finapp-admin create-admin <username>     # password read from stdin
 //! finapp-admin seed-financing-options
+//! finapp-admin doctor                      # what would stop or surprise the bundle
+//! finapp-admin migrate                     # hash plaintext passwords, build the indexes
+//! finapp-admin migrate-queues              # the original's queues -> durable ones
 //! ```
 
 use std::{io::BufRead as _, process::ExitCode};
 
-use finapp_shared::{auth::Passwords, config::Config, store::Store};
+use finapp_admin::doctor::Severity;
+use finapp_shared::{auth::Passwords, store::Store};
 
-const USAGE: &str = "usage: finapp-admin create-admin <username>   (password on stdin)\n       finapp-admin seed-financing-options";
+const USAGE: &str = "usage: finapp-admin create-admin <username>   (password on stdin)
+       finapp-admin seed-financing-options
+       finapp-admin doctor
+       finapp-admin migrate
+       finapp-admin migrate-queues";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,33 +39,79 @@ async fn run(args: &[String]) -> Result<String, String> {
     let command: Vec<&str> = args.iter().map(String::as_str).collect();
     if !matches!(
         command.as_slice(),
-        ["create-admin", _] | ["seed-financing-options"]
+        ["create-admin", _] | ["seed-financing-options" | "doctor" | "migrate" | "migrate-queues"]
     ) {
         return Err(USAGE.into());
     }
-    let config = Config::from_env().map_err(|err| err.to_string())?;
+    let config = finapp_shared::load_config().await?;
     let store = Store::connect(&config)
         .await
         .map_err(|err| err.to_string())?;
-    store
-        .ensure_indexes()
-        .await
-        .map_err(|err| format!("{err}: {:?}", std::error::Error::source(&err)))?;
+    let passwords = Passwords::new(config.bcrypt_cost);
     match command.as_slice() {
-        ["create-admin", username] => {
-            let mut password = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut password)
-                .map_err(|err| err.to_string())?;
-            let password = password.trim_end_matches(['\r', '\n']).to_owned();
-            let passwords = Passwords::new(config.bcrypt_cost);
-            finapp_admin::create_admin(&store, &passwords, username, password.into())
+        ["doctor"] => {
+            let findings = finapp_admin::doctor::doctor(&store, &config)
                 .await
                 .map_err(|err| err.to_string())?;
-            Ok(format!("{username} is an admin"))
+            let report: Vec<String> = findings.iter().map(ToString::to_string).collect();
+            if findings.iter().any(|f| f.severity == Severity::Blocking) {
+                return Err(format!(
+                    "database {} cannot be served as it is:\n{}",
+                    config.mongodb_database,
+                    report.join("\n")
+                ));
+            }
+            Ok(if report.is_empty() {
+                format!("database {}: nothing to report", config.mongodb_database)
+            } else {
+                report.join("\n")
+            })
+        }
+        ["migrate"] => {
+            let migrated = finapp_admin::doctor::migrate(&store, &passwords)
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok(format!(
+                "migrated database {}: {} plaintext passwords hashed, indexes built",
+                config.mongodb_database, migrated.passwords_hashed
+            ))
+        }
+        ["migrate-queues"] => {
+            let moved = finapp_admin::queues::migrate_queues(&config)
+                .await
+                .map_err(|err| format!("broker: {err}"))?;
+            let lines: Vec<String> = moved
+                .iter()
+                .map(|queue| {
+                    format!(
+                        "{}: now durable, {} messages kept",
+                        queue.queue, queue.messages
+                    )
+                })
+                .collect();
+            Ok(if lines.is_empty() {
+                "every queue already has the bundle's definition".into()
+            } else {
+                lines.join("\n")
+            })
         }
         _ => {
+            store
+                .ensure_indexes()
+                .await
+                .map_err(|err| err.to_string())?;
+            if let ["create-admin", username] = command.as_slice() {
+                let mut password = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut password)
+                    .map_err(|err| err.to_string())?;
+                let password = password.trim_end_matches(['\r', '\n']).to_owned();
+                finapp_admin::create_admin(&store, &passwords, username, password.into())
+                    .await
+                    .map_err(|err| err.to_string())?;
+                return Ok(format!("{username} is an admin"));
+            }
             let inserted = finapp_admin::seed_financing_options(&store)
                 .await
                 .map_err(|err| err.to_string())?;

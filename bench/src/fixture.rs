@@ -192,10 +192,12 @@ pub fn pipeline_space(run_id: &str, run: usize) -> Space {
 /// queues declared. Returns the store.
 async fn prepare(config: &Config) -> Result<Store> {
     let store = Store::connect(config).await.map_err(mongo)?;
-    store.ensure_indexes().await.map_err(mongo)?;
+    store
+        .ensure_indexes()
+        .await
+        .map_err(|err| Error::Setup(err.to_string()))?;
     let connection = Connection::connect(RABBITMQ_URI, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    declare_queues(&channel, &config.queue_prefix, config.queue_type).await?;
+    declare_queues(&connection, &config.queue_prefix, config.queue_type).await?;
     connection.close(200, "done".into()).await?;
     Ok(store)
 }

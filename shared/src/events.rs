@@ -13,6 +13,7 @@
 //! The user's JWT travels in the `Authorization` header, as the original sent it.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,6 +24,7 @@ use std::{
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString},
 };
 use mongodb::{
@@ -369,11 +371,11 @@ impl Events {
 
     async fn open(&self) -> Result<(Connection, Channel), lapin::Error> {
         let connection = connect_broker(&self.uri, "finapp-publisher").await?;
+        declare_queues(&connection, &self.queue_prefix, self.queue_type).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_queues(&channel, &self.queue_prefix, self.queue_type).await?;
         Ok((connection, channel))
     }
 
@@ -424,20 +426,62 @@ pub async fn connect_broker(uri: &SecretString, name: &str) -> Result<Connection
 }
 
 /// Declares every event queue and the dead-letter queue under `prefix`, as
-/// `queue_type` queues. Publishers and the consumer both call this, so the
-/// arguments stay identical; the broker refuses a declaration whose type
-/// differs from an existing queue's (switching type means new queues).
+/// durable `queue_type` queues. Publishers and the consumer both call this, so
+/// the arguments stay identical.
+///
+/// A queue that already exists with other arguments (the original services
+/// declared theirs non-durable, and a queue keeps its type) is adopted as it
+/// is, with one warning per queue and process saying what differs;
+/// `finapp-admin migrate-queues` moves it to this definition. The declarations
+/// run on a channel of their own, because the broker closes a channel that
+/// declares a queue inequivalently.
 pub async fn declare_queues(
-    channel: &Channel,
+    connection: &Connection,
     prefix: &str,
     queue_type: QueueType,
 ) -> Result<(), lapin::Error> {
-    let names = EventType::ALL
+    let mut channel = connection.create_channel().await?;
+    for name in queue_names(prefix) {
+        match declare_durable(&channel, &name, queue_type).await {
+            Ok(()) => {}
+            Err(err) if is_precondition_failed(&err) => {
+                channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                warn_adopted_once(&name, &err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Every queue of a deployment under `prefix`: the event queues, then the dead-letter queue.
+pub fn queue_names(prefix: &str) -> impl Iterator<Item = String> + '_ {
+    EventType::ALL
         .iter()
         .map(|kind| kind.queue())
-        .chain([DEAD_LETTER_QUEUE]);
-    // Classic queues get no argument at all, exactly as the original and
-    // earlier versions declared them, so existing queues still match.
+        .chain([DEAD_LETTER_QUEUE])
+        .map(move |name| format!("{prefix}{name}"))
+}
+
+/// Declares `name` with the bundle's definition: durable, and for quorum
+/// queues an `x-queue-type`. Classic queues get no argument at all, exactly as
+/// earlier versions declared them, so their queues still match.
+pub async fn declare_durable(
+    channel: &Channel,
+    name: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
     let mut arguments = FieldTable::default();
     if queue_type == QueueType::Quorum {
         arguments.insert(
@@ -445,19 +489,48 @@ pub async fn declare_queues(
             AMQPValue::LongString(LongString::from(queue_type.as_str())),
         );
     }
-    for name in names {
-        channel
-            .queue_declare(
-                format!("{prefix}{name}").as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments.clone(),
-            )
-            .await?;
-    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await?;
     Ok(())
+}
+
+/// Whether the broker refused a declaration because the queue exists with
+/// other arguments (AMQP 406 PRECONDITION_FAILED).
+pub fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
+fn warn_adopted_once(queue: &str, err: &lapin::Error) {
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .map(|mut warned| warned.insert(queue.to_owned()))
+        .unwrap_or(true);
+    if first {
+        let difference = match err.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+            _ => err.to_string(),
+        };
+        tracing::warn!(
+            queue,
+            difference,
+            "queue exists with other arguments and is used as it is; if it is not durable, \
+             its messages die with the broker: run finapp-admin migrate-queues once the old \
+             publishers are stopped"
+        );
+    }
 }
 
 #[cfg(test)]

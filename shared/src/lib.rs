@@ -20,8 +20,17 @@ use crate::{
     auth::{Passwords, TokenKeys},
     config::Config,
     events::Events,
-    store::{Store, StoreError},
+    store::{IndexError, Store, StoreError},
 };
+
+/// Why a process could not get ready to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("MONGODB_URI: {0}")]
+    Client(#[source] StoreError),
+    #[error(transparent)]
+    Indexes(#[from] IndexError),
+}
 
 /// Everything a handler borrows: built once per process, shared by every request.
 pub struct Deps {
@@ -34,9 +43,10 @@ pub struct Deps {
 
 impl Deps {
     /// Builds the clients and ensures the database indexes.
-    pub async fn connect(config: Config) -> Result<Arc<Self>, StoreError> {
-        let store = Store::connect(&config).await?;
+    pub async fn connect(config: Config) -> Result<Arc<Self>, StartError> {
+        let store = Store::connect(&config).await.map_err(StartError::Client)?;
         store.ensure_indexes().await?;
+        store.warn_if_data_is_elsewhere().await;
         Ok(Arc::new(Self {
             events: Arc::new(Events::new(&config, store.outbox.clone())),
             tokens: TokenKeys::new(&config),
@@ -51,25 +61,36 @@ impl Deps {
 /// is logged and becomes the exit code to return.
 pub async fn bootstrap() -> Result<Arc<Deps>, ExitCode> {
     telemetry::init();
-    let overrides = secrets::load_overrides().await.map_err(|err| {
-        tracing::error!(error = %err, "cannot load secrets");
+    let config = load_config().await.map_err(|err| {
+        tracing::error!(error = %err, "cannot start");
         ExitCode::FAILURE
     })?;
-    let config = Config::from_lookup(|name| {
+    Deps::connect(config).await.map_err(|err| {
+        tracing::error!(error = %err, "cannot start");
+        ExitCode::FAILURE
+    })
+}
+
+/// The configuration every binary starts from: a `.env` file in the working
+/// directory, if there is one, under the process environment (a variable set
+/// in both keeps the environment's value), under the values of the Secrets
+/// Manager secret named by `FINAPP_SECRET_ID`, if set.
+pub async fn load_config() -> Result<Config, String> {
+    match dotenvy::from_path(".env") {
+        Ok(()) => tracing::debug!(".env read"),
+        Err(err) if err.not_found() => {}
+        Err(err) => return Err(format!(".env: {err}")),
+    }
+    let overrides = secrets::load_overrides()
+        .await
+        .map_err(|err| format!("cannot load secrets: {err}"))?;
+    Config::from_lookup(|name| {
         overrides
             .get(name)
             .cloned()
             .or_else(|| std::env::var(name).ok())
     })
-    .map_err(|err| {
-        tracing::error!(error = %err, "invalid configuration");
-        ExitCode::FAILURE
-    })?;
-    Deps::connect(config).await.map_err(|err| {
-        let cause = std::error::Error::source(&err);
-        tracing::error!(error = %err, cause = ?cause, "cannot reach MongoDB");
-        ExitCode::FAILURE
-    })
+    .map_err(|err| format!("invalid configuration: {err}"))
 }
 
 /// A function's whole `main`: [`bootstrap`], then serving the routes `build`

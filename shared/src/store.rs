@@ -24,13 +24,45 @@ use crate::{
     finance::{NewApplication, PageRequest, Status},
 };
 
+/// The database the original services wrote to (hard-coded there).
+pub const ORIGINAL_DATABASE: &str = "root";
+
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
 
 /// A database failure; always a 500 to the client, logged with its cause.
 #[derive(Debug, thiserror::Error)]
-#[error("database error")]
+#[error("database error: {0}")]
 pub struct StoreError(#[from] mongodb::error::Error);
+
+/// Why the indexes could not be ensured at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(
+        "duplicate {plural} in {collection}: {}; run finapp-admin doctor",
+        list_counts(duplicates)
+    )]
+    Duplicates {
+        collection: &'static str,
+        plural: &'static str,
+        duplicates: Vec<(String, u64)>,
+    },
+    #[error("create the indexes of {collection}: {source}")]
+    Create {
+        collection: &'static str,
+        #[source]
+        source: mongodb::error::Error,
+    },
+}
+
+/// `alice (2), bob (3)`.
+pub fn list_counts(items: &[(String, u64)]) -> String {
+    items
+        .iter()
+        .map(|(value, count)| format!("{value} ({count})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A document of `users`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -257,24 +289,142 @@ impl Store {
     /// Creates the indexes the code relies on; a no-op when they exist.
     ///
     /// Uniqueness of `users.username` and `user_financing_selections.user` is
-    /// what makes concurrent sign-ups and selections safe; data with duplicates
-    /// there (possible under the original) must be cleaned before deploying.
-    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let unique = || IndexOptions::builder().unique(true).build();
+    /// what makes concurrent sign-ups and selections safe. The original had no
+    /// such index, so its data may hold duplicates; then the error lists them
+    /// (`finapp-admin doctor` shows the rest).
+    pub async fn ensure_indexes(&self) -> Result<(), IndexError> {
         let index = |keys: Document| IndexModel::builder().keys(keys);
-        self.users
-            .create_index(index(doc! { "username": 1 }).options(unique()).build())
+        self.ensure_unique(&self.users, "users", "username", "usernames")
             .await?;
-        self.selections
-            .create_index(index(doc! { "user": 1 }).options(unique()).build())
-            .await?;
+        self.ensure_unique(
+            &self.selections,
+            "user_financing_selections",
+            "user",
+            "users",
+        )
+        .await?;
         self.applications
             .create_index(index(doc! { "submitted_by": 1, "submitted_at": -1 }).build())
-            .await?;
+            .await
+            .map_err(|source| IndexError::Create {
+                collection: "applications",
+                source,
+            })?;
         self.outbox
             .create_index(index(doc! { "relay_after": 1 }).build())
-            .await?;
+            .await
+            .map_err(|source| IndexError::Create {
+                collection: "outbox",
+                source,
+            })?;
         Ok(())
+    }
+
+    /// Creates a unique index on `field`; when that fails on a reachable
+    /// server, the values held more than once are the likely cause and are named.
+    async fn ensure_unique<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        name: &'static str,
+        field: &'static str,
+        plural: &'static str,
+    ) -> Result<(), IndexError> {
+        let model = IndexModel::builder()
+            .keys(doc! { field: 1 })
+            .options(IndexOptions::builder().unique(true).build())
+            .build();
+        let Err(source) = collection.create_index(model).await else {
+            return Ok(());
+        };
+        if !matches!(*source.kind, ErrorKind::ServerSelection { .. })
+            && let Ok(duplicates) = self.duplicates(name, field).await
+            && !duplicates.is_empty()
+        {
+            return Err(IndexError::Duplicates {
+                collection: name,
+                plural,
+                duplicates,
+            });
+        }
+        Err(IndexError::Create {
+            collection: name,
+            source,
+        })
+    }
+
+    /// The values of `field` that more than one document of `collection` holds,
+    /// with their counts, in order.
+    pub async fn duplicates(
+        &self,
+        collection: &str,
+        field: &str,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let pipeline = [
+            doc! { "$group": { "_id": format!("${field}"), "count": { "$sum": 1 } } },
+            doc! { "$match": { "count": { "$gt": 1 } } },
+            doc! { "$sort": { "_id": 1 } },
+        ];
+        let groups: Vec<Document> = self
+            .db
+            .collection::<Document>(collection)
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(groups
+            .iter()
+            .map(|group| {
+                let value = match group.get("_id") {
+                    Some(Bson::String(text)) => text.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                let count = match group.get("count") {
+                    Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                    Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                    Some(Bson::Double(n)) => *n as u64,
+                    _ => 0,
+                };
+                (value, count)
+            })
+            .collect())
+    }
+
+    /// Warns when this database has no users while the original services'
+    /// database does: a deployment pointed at a running FinApp without
+    /// `MONGODB_DATABASE` would otherwise start, silently, on empty data.
+    pub async fn warn_if_data_is_elsewhere(&self) {
+        let Some((database, users)) = self.data_elsewhere().await else {
+            return;
+        };
+        tracing::warn!(
+            configured = self.db.name(),
+            database,
+            users,
+            "no users in the configured database, but the original services' database \
+             has some: set MONGODB_DATABASE={database} to serve them"
+        );
+    }
+
+    /// The original services' database and its user count, when this database
+    /// has no users and that one has some.
+    pub async fn data_elsewhere(&self) -> Option<(&'static str, u64)> {
+        if self.db.name() == ORIGINAL_DATABASE {
+            return None;
+        }
+        let ours = self.users.estimated_document_count().await.ok()?;
+        if ours > 0 {
+            return None;
+        }
+        let theirs = self
+            .db
+            .client()
+            .database(ORIGINAL_DATABASE)
+            .collection::<Document>("users")
+            .estimated_document_count()
+            .await
+            .ok()?;
+        (theirs > 0).then_some((ORIGINAL_DATABASE, theirs))
     }
 
     pub async fn find_user(&self, username: &str) -> Result<Option<UserDoc>, StoreError> {

@@ -1,12 +1,9 @@
 //! The admin routes and the `finapp-admin` tool.
 
-use std::time::Duration;
-
-use finapp_tests::{Process, TestApp, TestEnv, all_functions, function_binary, send};
+use finapp_tests::{TestApp, TestEnv, admin_tool, all_functions, send};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::{io::AsyncWriteExt as _, process::Command};
 
 async fn history(env: &TestEnv, id: &str) -> Vec<Document> {
     let id = ObjectId::parse_str(id).unwrap();
@@ -201,20 +198,6 @@ async fn bad_paging_parameters_are_422() {
     );
 }
 
-async fn run_admin_tool(env: &TestEnv, args: &[&str], stdin: &str) -> (bool, String) {
-    let mut command = Command::new(function_binary("finapp-admin"));
-    command
-        .args(args)
-        .envs(env.vars())
-        .stdin(std::process::Stdio::piped());
-    let mut process = Process::spawn(command);
-    let mut input = process.take_stdin();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let status = process.wait_exit(Duration::from_secs(20)).await;
-    (status.success(), process.output().join("\n"))
-}
-
 #[tokio::test]
 async fn finapp_admin_creates_or_promotes_an_admin_with_a_hashed_password_idempotently() {
     let env = TestEnv::new();
@@ -229,7 +212,7 @@ async fn finapp_admin_creates_or_promotes_an_admin_with_a_hashed_password_idempo
 
     for _ in 0..2 {
         let (ok, output) =
-            run_admin_tool(&env, &["create-admin", "promoted"], "new_admin_password\n").await;
+            admin_tool(&env, &["create-admin", "promoted"], "new_admin_password\n").await;
         assert!(ok, "{output}");
     }
 
@@ -263,7 +246,7 @@ async fn finapp_admin_creates_or_promotes_an_admin_with_a_hashed_password_idempo
     let (status, _) = send(app.authed(Method::GET, "/admin/applications", token)).await;
     assert_eq!(status, 200);
 
-    let (ok, output) = run_admin_tool(&env, &["create-admin", "promoted"], "short\n").await;
+    let (ok, output) = admin_tool(&env, &["create-admin", "promoted"], "short\n").await;
     assert!(!ok && output.contains("password"), "{output}");
 }
 
@@ -271,7 +254,7 @@ async fn finapp_admin_creates_or_promotes_an_admin_with_a_hashed_password_idempo
 async fn finapp_admin_seeds_the_five_original_options_once() {
     let env = TestEnv::new();
     for expected in ["5 new", "0 new"] {
-        let (ok, output) = run_admin_tool(&env, &["seed-financing-options"], "").await;
+        let (ok, output) = admin_tool(&env, &["seed-financing-options"], "").await;
         assert!(ok && output.contains(expected), "{output}");
     }
     assert_eq!(env.count("financing_options").await, 5);

@@ -25,11 +25,11 @@ async fn publish_raw(env: &TestEnv, queue: &str, body: &[u8], authorization: Opt
     let connection = Connection::connect(&env.rabbitmq_uri, ConnectionProperties::default())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     // As every publisher does: a message sent before its queue exists would be dropped.
-    finapp_shared::events::declare_queues(&channel, &env.queue_prefix, Default::default())
+    finapp_shared::events::declare_queues(&connection, &env.queue_prefix, Default::default())
         .await
         .unwrap();
+    let channel = connection.create_channel().await.unwrap();
     let mut headers = FieldTable::default();
     if let Some(value) = authorization {
         headers.insert(

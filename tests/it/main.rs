@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth_rules;
+mod drop_in;
 mod events;
 mod finance;
 mod lambda_watch;

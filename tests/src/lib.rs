@@ -503,6 +503,21 @@ fn collect_lines(
     })
 }
 
+/// Runs `finapp-admin ARGS` with this test's environment and `stdin`; returns
+/// whether it succeeded and everything it printed.
+pub async fn admin_tool(env: &TestEnv, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut command = Command::new(function_binary("finapp-admin"));
+    command.args(args).envs(env.vars()).stdin(Stdio::piped());
+    let mut process = Process::spawn(command);
+    let mut input = process.take_stdin();
+    tokio::io::AsyncWriteExt::write_all(&mut input, stdin.as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let status = process.wait_exit(Duration::from_secs(30)).await;
+    (status.success(), process.output().join("\n"))
+}
+
 /// A function binary running in plain HTTP mode on a port of its choosing.
 pub struct FunctionProcess {
     pub process: Process,

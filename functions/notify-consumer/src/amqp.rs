@@ -86,11 +86,11 @@ async fn session(
 ) -> Result<(), lapin::Error> {
     let prefix = &deps.config.queue_prefix;
     let connection = connect_broker(&deps.config.rabbitmq_uri, "finapp-notify-consumer").await?;
+    declare_queues(&connection, prefix, deps.config.queue_type).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    declare_queues(&channel, prefix, deps.config.queue_type).await?;
     let mut streams = Vec::new();
     for kind in EventType::ALL {
         let queue = deps.events.queue_name(kind.queue());
