@@ -40,6 +40,37 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// `PORT` for the plain HTTP mode, default 8080.
     pub port: u16,
+    /// How much one client, or all of them, may ask of a process.
+    pub limits: HttpLimits,
+}
+
+/// The HTTP edge's bounds. Past them a request gets a fast 503 with
+/// `Retry-After`, and a connection is closed, rather than waiting in a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `HTTP_HEADER_READ_TIMEOUT_MS`, default 5000: how long a connection may
+    /// take to send a request's headers, and stay idle between requests
+    /// (plain HTTP mode).
+    pub header_read_timeout: Duration,
+    /// `HTTP_REQUEST_TIMEOUT_MS`, default 5000: the most a request may take.
+    pub request_timeout: Duration,
+    /// `HTTP_MAX_IN_FLIGHT`, default 256: requests handled at once; more are
+    /// refused at once with 503.
+    pub max_in_flight: usize,
+    /// `HTTP_MAX_CONNECTIONS`, default 4096: open connections (plain HTTP
+    /// mode), never more than the open-file limit allows.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_in_flight: 256,
+            max_connections: 4096,
+        }
+    }
 }
 
 /// The kind of RabbitMQ queue the event queues are declared as.
@@ -129,6 +160,12 @@ impl Config {
             token_ttl: Duration::from_secs(token_minutes * 60),
             bcrypt_cost,
             port: parse_number(&get, "PORT", 8080)?,
+            limits: HttpLimits {
+                header_read_timeout: positive_millis(&get, "HTTP_HEADER_READ_TIMEOUT_MS", 5000)?,
+                request_timeout: positive_millis(&get, "HTTP_REQUEST_TIMEOUT_MS", 5000)?,
+                max_in_flight: positive(&get, "HTTP_MAX_IN_FLIGHT", 256)?,
+                max_connections: positive(&get, "HTTP_MAX_CONNECTIONS", 4096)?,
+            },
         })
     }
 
@@ -143,6 +180,26 @@ fn invalid(name: &'static str, reason: &str) -> ConfigError {
         name,
         reason: reason.into(),
     }
+}
+
+fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match parse_number(get, name, default)? {
+        0 => Err(invalid(name, "must be at least 1")),
+        value => Ok(value),
+    }
+}
+
+fn positive_millis(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let millis = positive(get, name, default as usize)?;
+    Ok(Duration::from_millis(millis as u64))
 }
 
 fn parse_number<T: std::str::FromStr>(
@@ -196,6 +253,7 @@ mod tests {
         assert_eq!(config.port, 8080);
         assert_eq!(config.queue_prefix, "");
         assert_eq!(config.queue_type, QueueType::Classic);
+        assert_eq!(config.limits, HttpLimits::default());
     }
 
     #[test]
@@ -221,6 +279,8 @@ mod tests {
             ("BCRYPT_COST", "twelve"),
             ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
             ("PORT", "70000"),
+            ("HTTP_MAX_IN_FLIGHT", "0"),
+            ("HTTP_REQUEST_TIMEOUT_MS", "soon"),
         ] {
             let err = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), (name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

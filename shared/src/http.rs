@@ -10,6 +10,7 @@ use std::{
 
 use axum::{
     Router,
+    error_handling::HandleErrorLayer,
     extract::{
         DefaultBodyLimit, FromRequest, FromRequestParts, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
@@ -22,11 +23,13 @@ use axum::{
 use lambda_http::RequestExt as _;
 use secrecy::SecretString;
 use serde_json::json;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tracing::Instrument as _;
 
 use crate::{
     Deps,
     auth::{PasswordError, Role, TokenError},
+    config::HttpLimits,
     store::StoreError,
 };
 
@@ -56,9 +59,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Validation(String),
+    /// Overloaded, timed out, or a dependency is down: try again shortly.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[from] InternalError),
 }
+
+/// The `Retry-After` of every 503, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// The body of every error response.
 #[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -114,6 +123,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,6 +140,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Validation(_) => "validation_error",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -159,6 +170,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
     }
@@ -266,18 +282,37 @@ impl FromRequestParts<Arc<Deps>> for AdminUser {
 }
 
 /// Wraps a function's routes with what every function shares: JSON 404/405,
-/// the body limit, and a request span carrying the request id.
-pub fn app(routes: Router) -> Router {
+/// the body limit, a request span carrying the request id, and the limits:
+/// at most `max_in_flight` requests at once (one more is refused at once with
+/// 503 and `Retry-After`), each for at most `request_timeout`.
+pub fn app(routes: Router, limits: &HttpLimits) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // One `layer` call: axum wraps every route once per call, and each
-        // wrapper is cloned for every request.
+        // wrapper is cloned for every request. The concurrency limit is global,
+        // so all routes share one count.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(middleware::from_fn(request_span))
+                .layer(HandleErrorLayer::new(refuse_over_limit))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
+                .timeout(limits.request_timeout)
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+}
+
+/// The answer to a request the limits stopped: shed, or out of time.
+async fn refuse_over_limit(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Unavailable("too many requests in flight; try again shortly".into())
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Unavailable("the request took too long; try again shortly".into())
+    } else {
+        tracing::error!(error = %err, "request failed in a middleware");
+        ApiError::Unavailable("try again shortly".into())
+    }
 }
 
 /// The target of the per-request line: `RUST_LOG=info,access=debug` turns
@@ -339,8 +374,6 @@ async fn request_span(request: Request, next: Next) -> Response {
 pub enum ServeError {
     #[error("cannot listen on port {port}")]
     Bind { port: u16, source: std::io::Error },
-    #[error("HTTP server failed")]
-    Http(#[source] std::io::Error),
     #[error("Lambda runtime failed: {0}")]
     Lambda(lambda_http::Error),
 }
@@ -348,9 +381,9 @@ pub enum ServeError {
 /// Serves `routes` under the Lambda runtime when `AWS_LAMBDA_RUNTIME_API` is
 /// set; otherwise as a plain HTTP server on `port` with `GET /healthz`, until
 /// SIGTERM or Ctrl-C, letting in-flight requests finish.
-pub async fn serve(routes: Router, port: u16) -> Result<(), ServeError> {
+pub async fn serve(routes: Router, port: u16, limits: &HttpLimits) -> Result<(), ServeError> {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        return lambda_http::run(app(routes))
+        return lambda_http::run(app(routes, limits))
             .await
             .map_err(ServeError::Lambda);
     }
@@ -361,14 +394,13 @@ pub async fn serve(routes: Router, port: u16) -> Result<(), ServeError> {
         port = listener.local_addr().map_or(port, |a| a.port()),
         "listening"
     );
-    let routes = routes.route(
+    // Liveness stays outside the limits: an overloaded process is alive.
+    let app = app(routes, limits).route(
         "/healthz",
         get(|| async { axum::Json(json!({ "status": "ok" })) }),
     );
-    axum::serve(listener, app(routes))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Http)
+    crate::server::run(listener, app, limits, shutdown_signal()).await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM (Kubernetes, Lambda) or Ctrl-C.

@@ -9,6 +9,7 @@ pub mod events;
 pub mod finance;
 pub mod http;
 pub mod secrets;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 
@@ -100,8 +101,8 @@ pub async fn run(build: fn(Arc<Deps>) -> Router) -> ExitCode {
         Ok(deps) => deps,
         Err(code) => return code,
     };
-    let port = deps.config.port;
-    match http::serve(build(deps), port).await {
+    let (port, limits) = (deps.config.port, deps.config.limits);
+    match http::serve(build(deps), port, &limits).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "stopped");

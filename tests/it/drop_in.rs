@@ -383,7 +383,7 @@ fn dot_env_example_documents_every_variable_the_code_reads() {
     let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
     let documented = |name: &str| example.contains(&format!("# {name}="));
     let mut read = std::collections::BTreeSet::new();
-    let pattern = ["get(\"", "var(\"", "var_os(\"", "parse_number(&get, \""];
+    let pattern = ["get(\"", "var(\"", "var_os(\"", "&get, \""];
     for dir in ["shared/src", "admin/src", "functions", "scripts"] {
         for file in walk(&root.join(dir)) {
             let text = std::fs::read_to_string(&file).unwrap_or_default();

@@ -7,6 +7,7 @@ mod drop_in;
 mod events;
 mod finance;
 mod lambda_watch;
+mod limits;
 mod login;
 mod openapi;
 mod processes;

@@ -264,8 +264,11 @@ impl TestApp {
         let deps = env.deps().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let app = http::app(build(deps.clone()));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let limits = deps.config.limits;
+        let app = http::app(build(deps.clone()), &limits);
+        tokio::spawn(async move {
+            finapp_shared::server::run(listener, app, &limits, std::future::pending()).await;
+        });
         Self {
             address,
             deps,
@@ -536,6 +539,11 @@ impl FunctionProcess {
     ) -> Self {
         let mut command = Command::new(function_binary(name));
         command.env_clear().env("PORT", "0").envs(vars);
+        Self::spawn(command).await
+    }
+
+    /// Runs `command`, which starts a function with `PORT=0`, and waits until it listens.
+    pub async fn spawn(command: Command) -> Self {
         let process = Process::spawn(command);
         let line = process
             .wait_for_line("\"listening\"", Duration::from_secs(10))

@@ -90,7 +90,7 @@ async fn main() -> std::io::Result<()> {
     let variant = std::env::args().nth(1).unwrap_or_default();
     let app = match variant.as_str() {
         "bare" => hello(),
-        "shared" => finapp_shared::http::app(hello()),
+        "shared" => finapp_shared::http::app(hello(), &Default::default()),
         "from-fn" => hello().layer(middleware::from_fn(pass_through)),
         "request-id" => hello().layer(middleware::from_fn(request_id_only)),
         "tower-http" => with_tower_http(hello()),
