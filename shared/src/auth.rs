@@ -7,7 +7,11 @@
 //! matches a real one.
 
 use std::{
-    sync::OnceLock,
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -63,9 +67,14 @@ pub struct Claims {
 pub enum TokenError {
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
     #[error("token is invalid")]
     Invalid,
 }
+
+/// How far clocks may disagree: `exp`, `nbf` and `iat` are checked this loosely.
+pub const CLOCK_LEEWAY_SECS: u64 = 5;
 
 /// Signs and checks access tokens with the configured secret.
 pub struct TokenKeys {
@@ -81,7 +90,8 @@ impl TokenKeys {
         // The original services signed `{sub, exp}` only; requiring more would
         // reject their tokens (and their queued events) during a migration.
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.leeway = CLOCK_LEEWAY_SECS;
         Self {
             encoding: EncodingKey::from_secret(config.jwt_secret_bytes()),
             decoding: DecodingKey::from_secret(config.jwt_secret_bytes()),
@@ -119,12 +129,18 @@ impl TokenKeys {
     }
 
     fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        // A token issued in the future was not issued by a sane clock (or by us).
+        if claims.iat > unix_now() + CLOCK_LEEWAY_SECS {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
     }
 }
 
@@ -194,14 +210,41 @@ async fn on_bcrypt_pool<T: Send + 'static>(
 /// Hashes passwords and verifies them in constant time per cost.
 pub struct Passwords {
     cost: u32,
-    dummy_hash: OnceCell<String>,
+    /// The cost of the stored hashes, as last seen: an unknown user is checked
+    /// against a dummy hash of this cost, so that both take the time a stored
+    /// hash takes, even while the stored hashes still have another cost than
+    /// `cost` (the original wrote cost 12; each is rehashed at its next login).
+    stored_cost: AtomicU32,
+    dummy_hashes: Mutex<BTreeMap<u32, Arc<OnceCell<String>>>>,
+}
+
+/// The cost a bcrypt hash was made with: `$2b$12$...` is 12.
+pub fn bcrypt_cost(hash: &str) -> Option<u32> {
+    let mut parts = hash.split('$');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some(version), Some(cost)) if version.starts_with('2') => cost.parse().ok(),
+        _ => None,
+    }
 }
 
 impl Passwords {
     pub fn new(cost: u32) -> Self {
         Self {
             cost,
-            dummy_hash: OnceCell::new(),
+            stored_cost: AtomicU32::new(cost),
+            dummy_hashes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether `stored` should be replaced by a hash at the configured cost.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        bcrypt_cost(stored) != Some(self.cost)
+    }
+
+    /// Notes the cost of a stored hash, which unknown users are then timed against.
+    pub fn observe_stored(&self, stored: &str) {
+        if let Some(cost) = bcrypt_cost(stored).filter(|cost| (4..=31).contains(cost)) {
+            self.stored_cost.store(cost, Ordering::Relaxed);
         }
     }
 
@@ -222,8 +265,11 @@ impl Passwords {
         stored: Option<String>,
     ) -> Result<bool, PasswordError> {
         let (hash, genuine) = match stored {
-            Some(hash) if hash.starts_with("$2") => (hash, true),
-            _ => (self.dummy_hash().await?.to_owned(), false),
+            Some(hash) if hash.starts_with("$2") => {
+                self.observe_stored(&hash);
+                (hash, true)
+            }
+            _ => (self.dummy_hash().await?, false),
         };
         let matches = on_bcrypt_pool(move || {
             bcrypt::verify(password.expose_secret(), &hash).unwrap_or(false)
@@ -238,15 +284,22 @@ impl Passwords {
         self.dummy_hash().await.map(|_| ())
     }
 
-    async fn dummy_hash(&self) -> Result<&str, PasswordError> {
-        let cost = self.cost;
-        self.dummy_hash
-            .get_or_try_init(|| async move {
-                let password = uuid::Uuid::new_v4().to_string();
-                Ok(on_bcrypt_pool(move || bcrypt::hash(password, cost)).await??)
-            })
-            .await
-            .map(String::as_str)
+    /// A hash of a random password at the stored hashes' cost, made once per cost.
+    async fn dummy_hash(&self) -> Result<String, PasswordError> {
+        let cost = self.stored_cost.load(Ordering::Relaxed);
+        let cell = {
+            let mut hashes = self
+                .dummy_hashes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(hashes.entry(cost).or_default())
+        };
+        cell.get_or_try_init(|| async move {
+            let password = uuid::Uuid::new_v4().to_string();
+            Ok(on_bcrypt_pool(move || bcrypt::hash(password, cost)).await??)
+        })
+        .await
+        .cloned()
     }
 }
 

@@ -431,6 +431,37 @@ impl Store {
         Ok(self.users.find_one(doc! { "username": username }).await?)
     }
 
+    /// The password hash of the most recently created user, if any: the cost
+    /// the stored hashes have.
+    pub async fn newest_password_hash(&self) -> Result<Option<String>, StoreError> {
+        let newest = self
+            .users
+            .find_one(doc! { "password": { "$exists": true } })
+            .sort(doc! { "_id": -1 })
+            .await?;
+        Ok(newest.and_then(|user| user.password_hash()))
+    }
+
+    /// Replaces `username`'s password hash, only if it is still `old_hash`
+    /// (a concurrent change of password wins).
+    pub async fn replace_password_hash(
+        &self,
+        username: &str,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<(), StoreError> {
+        let old = UserDoc::new(username, old_hash, Role::User).password;
+        let new = UserDoc::new(username, new_hash, Role::User).password;
+        let stored_as_text = Bson::String(old_hash.to_owned());
+        self.users
+            .update_one(
+                doc! { "username": username, "password": { "$in": [old, stored_as_text] } },
+                doc! { "$set": { "password": new } },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Inserts a user; the unique index on `username` decides races.
     pub async fn insert_user(&self, user: &UserDoc) -> Result<(), InsertUserError> {
         match self.users.insert_one(user).await {

@@ -62,7 +62,7 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
     ]
 }
 
-fn signed(claims: &Claims, secret: &str) -> String {
+fn signed(claims: &impl serde::Serialize, secret: &str) -> String {
     jsonwebtoken::encode(
         &Header::default(),
         claims,
@@ -103,6 +103,30 @@ async fn every_protected_route_refuses_missing_and_bad_tokens_with_a_401_and_wri
             Some(format!("Bearer {}", signed(&expired, &env.jwt_secret))),
         ),
         ("alg none", Some(format!("Bearer {}", unsigned(&live)))),
+        (
+            "not valid before an hour from now",
+            Some(format!(
+                "Bearer {}",
+                signed(
+                    &json!({"sub": "root_admin", "role": "admin", "iat": now, "nbf": now + 3600, "exp": now + 7200}),
+                    &env.jwt_secret
+                )
+            )),
+        ),
+        (
+            "issued an hour from now",
+            Some(format!(
+                "Bearer {}",
+                signed(
+                    &Claims {
+                        iat: now + 3600,
+                        exp: now + 7200,
+                        ..live.clone()
+                    },
+                    &env.jwt_secret
+                )
+            )),
+        ),
         (
             "wrong key",
             Some(format!(

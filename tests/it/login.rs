@@ -7,7 +7,7 @@ use finapp_shared::{
     events::{Event, EventType},
 };
 use finapp_tests::{TestApp, TestEnv, authorization_header};
-use mongodb::bson::{Binary, doc, spec::BinarySubtype};
+use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use serde_json::json;
 
 async fn signed_up(env: &TestEnv, username: &str, password: &str) -> TestApp {
@@ -185,4 +185,64 @@ async fn bad_login_input_is_a_4xx_json_error() {
         assert_eq!(status, 422, "{body} -> {reply}");
         assert_eq!(reply["error"], "validation_error");
     }
+}
+
+#[tokio::test]
+async fn a_hash_of_another_cost_is_rehashed_at_login_and_unknown_users_take_as_long() {
+    // The original wrote cost 12; this deployment chose 10.
+    let env = TestEnv::with_bcrypt_cost(10);
+    let old_hash = bcrypt::hash("veteran_password", 12).unwrap();
+    env.db()
+        .await
+        .collection::<Document>("users")
+        .insert_one(
+            doc! {"username": "veteran", "password": Bson::Binary(Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: old_hash.into_bytes(),
+            })},
+        )
+        .await
+        .unwrap();
+    let app = TestApp::spawn(&env, login::router).await;
+    let attempt = |username: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let (status, _) = app
+                .post_json(
+                    "/login",
+                    &json!({"username": username, "password": password}),
+                )
+                .await;
+            (status, started.elapsed())
+        }
+    };
+
+    // Wrong passwords: an existing user and an unknown name, interleaved.
+    let (mut existing, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let (status, took) = attempt("veteran", "wrong_password").await;
+        assert_eq!(status, 401);
+        existing.push(took);
+        let (status, took) = attempt("nobody_at_all", "wrong_password").await;
+        assert_eq!(status, 401);
+        unknown.push(took);
+    }
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2].as_secs_f64()
+    };
+    let (existing, unknown) = (median(&mut existing), median(&mut unknown));
+    assert!(
+        (unknown / existing - 1.0).abs() <= 0.2,
+        "existing user {existing:.3}s, unknown {unknown:.3}s: more than 20% apart"
+    );
+
+    // The right password works, and the hash is rewritten at cost 10.
+    let (status, _) = attempt("veteran", "veteran_password").await;
+    assert_eq!(status, 200);
+    let stored = app.deps.store.find_user("veteran").await.unwrap().unwrap();
+    let hash = stored.password_hash().unwrap();
+    assert!(hash.starts_with("$2b$10$"), "still {}", &hash[..7]);
+    assert_eq!(attempt("veteran", "veteran_password").await.0, 200);
 }

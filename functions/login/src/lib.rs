@@ -2,7 +2,9 @@
 //! publishes a `user_activity` "logged in" event.
 //!
 //! An unknown user and a wrong password get the same answer in the same time:
-//! both run one bcrypt verification at the configured cost.
+//! both run one bcrypt verification at the cost of the stored hashes. A stored
+//! hash of another cost than `BCRYPT_COST` is replaced at the next successful
+//! login.
 
 use std::sync::Arc;
 
@@ -20,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub fn router(deps: Arc<Deps>) -> Router {
     let warm = deps.clone();
     tokio::spawn(async move {
+        // Unknown users are timed against the cost the stored hashes have.
+        if let Ok(Some(hash)) = warm.store.newest_password_hash().await {
+            warm.passwords.observe_stored(&hash);
+        }
         if let Err(err) = warm.passwords.warm_up().await {
             tracing::warn!(error = %err, "dummy hash not precomputed");
         }
@@ -63,9 +69,13 @@ pub async fn login(
     // their first 72 bytes, so refuse them rather than match on a prefix.
     let acceptable = body.password.expose_secret().len() <= NewPassword::MAX_BYTES;
     let stored_hash = user.as_ref().and_then(|user| user.password_hash());
-    let verified = deps.passwords.verify(body.password, stored_hash).await?;
-    let user = match user {
-        Some(user) if verified && acceptable => user,
+    let password = body.password.clone();
+    let verified = deps
+        .passwords
+        .verify(body.password, stored_hash.clone())
+        .await?;
+    let (user, stored_hash) = match (user, stored_hash) {
+        (Some(user), Some(hash)) if verified && acceptable => (user, hash),
         _ => {
             tracing::info!("login refused");
             return Err(ApiError::Unauthorized(
@@ -73,6 +83,9 @@ pub async fn login(
             ));
         }
     };
+    if deps.passwords.needs_rehash(&stored_hash) {
+        rehash(&deps, &user.username, &stored_hash, password).await;
+    }
 
     let role = user.role();
     let token = deps.tokens.issue(&user.username, role);
@@ -89,4 +102,21 @@ pub async fn login(
         token_type: "bearer".into(),
         role,
     }))
+}
+
+/// Stores the password again at the configured cost. A failure only costs the
+/// next login another try, so it is logged and the login goes on.
+async fn rehash(deps: &Deps, username: &str, old_hash: &str, password: SecretString) {
+    let result = async {
+        let hash = deps.passwords.hash(password).await?;
+        deps.store
+            .replace_password_hash(username, old_hash, &hash)
+            .await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!("password rehashed at the configured cost"),
+        Err(err) => tracing::warn!(error = %err, "password not rehashed"),
+    }
 }
