@@ -24,6 +24,9 @@ pub struct Config {
     pub mongodb_database: String,
     /// `MONGODB_MAX_POOL_SIZE`, default the driver's (10): connections per process.
     pub mongodb_max_pool_size: Option<u32>,
+    /// `MONGODB_TIMEOUT_MS`, default 1000: how long finding and connecting to
+    /// a server may take before a request is answered 503.
+    pub mongodb_timeout: Duration,
     /// `RABBITMQ_URI`; a secret for the same reason as `mongodb_uri`.
     pub rabbitmq_uri: SecretString,
     /// `RABBITMQ_QUEUE_PREFIX`, default empty: prepended to every queue name so
@@ -151,6 +154,7 @@ impl Config {
             mongodb_max_pool_size: get("MONGODB_MAX_POOL_SIZE")
                 .map(|_| parse_number(&get, "MONGODB_MAX_POOL_SIZE", 0))
                 .transpose()?,
+            mongodb_timeout: positive_millis(&get, "MONGODB_TIMEOUT_MS", 1000)?,
             rabbitmq_uri: get("RABBITMQ_URI")
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
                 .into(),

@@ -30,7 +30,7 @@ use crate::{
     Deps,
     auth::{PasswordError, Role, TokenError},
     config::HttpLimits,
-    store::StoreError,
+    store::{Store, StoreError},
 };
 
 /// Largest request body any function accepts; every body here is a small JSON object.
@@ -95,7 +95,12 @@ pub enum InternalError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        ApiError::Internal(err.into())
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "database unavailable");
+            ApiError::Unavailable("the database is unavailable; try again shortly".into())
+        } else {
+            ApiError::Internal(err.into())
+        }
     }
 }
 
@@ -369,6 +374,55 @@ async fn request_span(request: Request, next: Next) -> Response {
     .await
 }
 
+/// Whether this process can serve: MongoDB answers. Checked at most once per
+/// [`Readiness::CACHE`], so probes cost the database almost nothing.
+pub struct Readiness {
+    store: Store,
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl Readiness {
+    pub const CACHE: Duration = Duration::from_secs(1);
+
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn ready(&self) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, ready)) = *last
+            && at.elapsed() < Self::CACHE
+        {
+            return ready;
+        }
+        let ready = match self.store.ping().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "not ready");
+                false
+            }
+        };
+        *last = Some((Instant::now(), ready));
+        ready
+    }
+
+    async fn answer(self: Arc<Self>) -> Response {
+        if self.ready().await {
+            axum::Json(json!({ "status": "ready" })).into_response()
+        } else {
+            ApiError::Unavailable("the database is unavailable".into()).into_response()
+        }
+    }
+}
+
+/// Whether this process runs under the Lambda runtime (or `cargo lambda watch`).
+pub fn under_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
 /// Why serving stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -379,10 +433,16 @@ pub enum ServeError {
 }
 
 /// Serves `routes` under the Lambda runtime when `AWS_LAMBDA_RUNTIME_API` is
-/// set; otherwise as a plain HTTP server on `port` with `GET /healthz`, until
-/// SIGTERM or Ctrl-C, letting in-flight requests finish.
-pub async fn serve(routes: Router, port: u16, limits: &HttpLimits) -> Result<(), ServeError> {
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+/// set; otherwise as a plain HTTP server on `port` with `GET /healthz`
+/// (liveness: the process answers) and `GET /readyz` (readiness: MongoDB
+/// answers too), until SIGTERM or Ctrl-C, letting in-flight requests finish.
+pub async fn serve(
+    routes: Router,
+    port: u16,
+    limits: &HttpLimits,
+    readiness: Arc<Readiness>,
+) -> Result<(), ServeError> {
+    if under_lambda() {
         return lambda_http::run(app(routes, limits))
             .await
             .map_err(ServeError::Lambda);
@@ -394,11 +454,13 @@ pub async fn serve(routes: Router, port: u16, limits: &HttpLimits) -> Result<(),
         port = listener.local_addr().map_or(port, |a| a.port()),
         "listening"
     );
-    // Liveness stays outside the limits: an overloaded process is alive.
-    let app = app(routes, limits).route(
-        "/healthz",
-        get(|| async { axum::Json(json!({ "status": "ok" })) }),
-    );
+    // The probes stay outside the limits: an overloaded process is alive.
+    let app = app(routes, limits)
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(move || readiness.clone().answer()));
     crate::server::run(listener, app, limits, shutdown_signal()).await;
     Ok(())
 }

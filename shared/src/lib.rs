@@ -44,10 +44,21 @@ pub struct Deps {
 
 impl Deps {
     /// Builds the clients and ensures the database indexes.
+    ///
+    /// Outside Lambda, a database that is down at start-up does not stop the
+    /// process: it starts not ready (`/readyz` says so, requests get 503) and
+    /// ensures the indexes once the database answers. Under Lambda, whose
+    /// instances are cheap to replace, start-up fails at once instead.
     pub async fn connect(config: Config) -> Result<Arc<Self>, StartError> {
         let store = Store::connect(&config).await.map_err(StartError::Client)?;
-        store.ensure_indexes().await?;
-        store.warn_if_data_is_elsewhere().await;
+        match store.ensure_indexes().await {
+            Ok(()) => store.warn_if_data_is_elsewhere().await,
+            Err(err) if err.is_unavailable() && !http::under_lambda() => {
+                tracing::warn!(error = %err, "MongoDB is unavailable: starting not ready");
+                tokio::spawn(ensure_indexes_when_back(store.clone()));
+            }
+            Err(err) => return Err(err.into()),
+        }
         Ok(Arc::new(Self {
             events: Arc::new(Events::new(&config, store.outbox.clone())),
             tokens: TokenKeys::new(&config),
@@ -55,6 +66,28 @@ impl Deps {
             store,
             config,
         }))
+    }
+}
+
+/// Retries the indexes until the database answers; a failure other than
+/// unavailability (duplicates, say) is logged and ends the process.
+async fn ensure_indexes_when_back(store: Store) {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        match store.ensure_indexes().await {
+            Ok(()) => {
+                tracing::info!("MongoDB is back: indexes ensured");
+                return;
+            }
+            Err(err) if err.is_unavailable() => {
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start");
+                std::process::exit(1);
+            }
+        }
     }
 }
 
@@ -102,7 +135,8 @@ pub async fn run(build: fn(Arc<Deps>) -> Router) -> ExitCode {
         Err(code) => return code,
     };
     let (port, limits) = (deps.config.port, deps.config.limits);
-    match http::serve(build(deps), port, &limits).await {
+    let readiness = Arc::new(http::Readiness::new(deps.store.clone()));
+    match http::serve(build(deps), port, &limits, readiness).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "stopped");

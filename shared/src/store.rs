@@ -35,6 +35,19 @@ const DUPLICATE_KEY: i32 = 11000;
 #[error("database error: {0}")]
 pub struct StoreError(#[from] mongodb::error::Error);
 
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to refusing the
+    /// operation): the request may succeed if tried again shortly.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            *self.0.kind,
+            ErrorKind::ServerSelection { .. }
+                | ErrorKind::Io(_)
+                | ErrorKind::ConnectionPoolCleared { .. }
+        )
+    }
+}
+
 /// Why the indexes could not be ensured at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -53,6 +66,13 @@ pub enum IndexError {
         #[source]
         source: mongodb::error::Error,
     },
+}
+
+impl IndexError {
+    /// Whether the database could not be reached at all.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, IndexError::Create { source, .. } if StoreError::from(source.clone()).is_unavailable())
+    }
 }
 
 /// `alice (2), bob (3)`.
@@ -248,21 +268,24 @@ impl Store {
             config.mongodb_uri.expose_secret(),
             &config.mongodb_database,
             config.mongodb_max_pool_size,
+            config.mongodb_timeout,
         )
         .await
     }
 
-    /// Builds the client from its parts (for tools that need no other configuration).
+    /// Builds the client from its parts (for tools that need no other
+    /// configuration). `timeout` bounds finding a server and connecting to it,
+    /// so an outage is an answer within about that long, not a hang.
     pub async fn connect_uri(
         uri: &str,
         database: &str,
         max_pool_size: Option<u32>,
+        timeout: Duration,
     ) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "finapp".into());
-        options
-            .server_selection_timeout
-            .get_or_insert(Duration::from_secs(5));
+        options.server_selection_timeout.get_or_insert(timeout);
+        options.connect_timeout.get_or_insert(timeout);
         if max_pool_size.is_some() {
             options.max_pool_size = max_pool_size;
         }
@@ -284,6 +307,12 @@ impl Store {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// Pings the server: `Ok` when it answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
     }
 
     /// Creates the indexes the code relies on; a no-op when they exist.

@@ -10,6 +10,7 @@ mod lambda_watch;
 mod limits;
 mod login;
 mod openapi;
+mod outage;
 mod processes;
 mod secrets;
 mod signup;

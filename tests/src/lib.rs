@@ -62,6 +62,8 @@ pub struct TestEnv {
     pub rabbitmq_uri: String,
     /// `RABBITMQ_QUEUE_TYPE`, unset (classic) unless a test asks.
     pub queue_type: Option<&'static str>,
+    /// `MONGODB_URI`: the shared FerretDB unless a test has its own.
+    pub mongodb_uri: String,
 }
 
 impl TestEnv {
@@ -82,13 +84,14 @@ impl TestEnv {
             bcrypt_cost,
             rabbitmq_uri: RABBITMQ_URI.into(),
             queue_type: None,
+            mongodb_uri: MONGODB_URI.into(),
         }
     }
 
     /// The environment a function process of this test gets.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("MONGODB_URI", MONGODB_URI.into()),
+            ("MONGODB_URI", self.mongodb_uri.clone()),
             ("MONGODB_DATABASE", self.database.clone()),
             ("RABBITMQ_URI", self.rabbitmq_uri.clone()),
             ("RABBITMQ_QUEUE_PREFIX", self.queue_prefix.clone()),
@@ -106,6 +109,12 @@ impl TestEnv {
     /// This test's environment with its event queues declared as quorum queues.
     pub fn with_quorum_queues(mut self) -> Self {
         self.queue_type = Some("quorum");
+        self
+    }
+
+    /// This test's environment with the database server at `uri` instead of the shared one.
+    pub fn with_mongodb(mut self, uri: &str) -> Self {
+        self.mongodb_uri = uri.to_owned();
         self
     }
 
@@ -132,7 +141,7 @@ impl TestEnv {
     }
 
     pub async fn db(&self) -> Database {
-        mongodb::Client::with_uri_str(MONGODB_URI)
+        mongodb::Client::with_uri_str(&self.mongodb_uri)
             .await
             .expect("valid URI")
             .database(&self.database)
@@ -650,6 +659,66 @@ impl PrivateBroker {
             },
         )
         .await;
+    }
+}
+
+/// A FerretDB of one test's own, on its own port and data directory, so the
+/// test can kill and restart "the database" without disturbing other tests.
+pub struct PrivateFerret {
+    pub uri: String,
+    port: u16,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl PrivateFerret {
+    pub async fn start() -> Self {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let dir = std::env::temp_dir().join(format!("finapp-ferret-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut ferret = Self {
+            uri: format!("mongodb://127.0.0.1:{port}"),
+            port,
+            dir,
+            process: None,
+        };
+        ferret.resume().await;
+        ferret
+    }
+
+    /// Starts it again on the same port and data.
+    pub async fn resume(&mut self) {
+        let mut command = Command::new("finapp-ferretdb");
+        command
+            .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
+            .arg(format!("--sqlite-url=file:{}/", self.dir.display()));
+        self.process = Some(Process::spawn(command));
+        let port = self.port;
+        wait_for(
+            "the private FerretDB to listen",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Kills it (SIGKILL: a crash, not a shutdown) and waits until its port is closed.
+    pub async fn kill(&mut self) {
+        let mut process = self.process.take().expect("FerretDB is running");
+        process.signal(Signal::SIGKILL);
+        process.wait_exit(Duration::from_secs(10)).await;
+    }
+}
+
+impl Drop for PrivateFerret {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
