@@ -7,7 +7,7 @@
 #   .dev/bin/finapp-podsecurity   tools/podsecurity: the Pod Security Admission code, "restricted"
 #   .dev/bin/aws-lambda-rie       AWS's Lambda Runtime Interface Emulator
 #   .dev/venv-validate            kubernetes-validate, hadolint, PyYAML (PyPI)
-#   Debian: nginx, podman + buildah, musl-tools; rustup: the x86_64-unknown-linux-musl target
+#   Debian: nginx, podman + buildah + runc, musl-tools; rustup: the x86_64-unknown-linux-musl target
 # Go tools come from the Go module proxy, each stamped with its version so a
 # changed pin reinstalls it. Idempotent; source it or run it.
 set -euo pipefail
@@ -79,6 +79,7 @@ debian_packages() {
   command -v podman >/dev/null || missing+=(podman)
   command -v buildah >/dev/null || missing+=(buildah)
   command -v musl-gcc >/dev/null || missing+=(musl-tools)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
   [ "${#missing[@]}" -eq 0 ] && return
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
