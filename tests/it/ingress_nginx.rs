@@ -60,16 +60,12 @@ impl Nginx {
             .arg(dir.join("nginx.conf"))
             .args(["-e", "stderr"]);
         let process = Process::spawn(command);
-        wait_for(
-            "nginx to listen",
-            Duration::from_secs(10),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
+        wait_for("nginx to listen", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
         .await;
         Self {
             _process: process,
@@ -151,9 +147,7 @@ async fn route_failures(functions: &Functions, ingress: &Path) -> Vec<String> {
         let json = response.json::<serde_json::Value>().await.is_ok();
         let what = format!("{} {} ({})", route.method, route.path, route.sample);
         if !json {
-            failures.push(format!(
-                "{what}: {status} from nginx, not from a function"
-            ));
+            failures.push(format!("{what}: {status} from nginx, not from a function"));
             continue;
         }
         // The function logs its access line as it answers; the response is
@@ -165,10 +159,7 @@ async fn route_failures(functions: &Functions, ingress: &Path) -> Vec<String> {
             saw = functions.saw(&id);
         }
         if saw != [route.function.as_str()] {
-            failures.push(format!(
-                "{what}: reached {saw:?}, not {}",
-                route.function
-            ));
+            failures.push(format!("{what}: reached {saw:?}, not {}", route.function));
         }
     }
     for path in ["/healthz", "/nope", "/update_statusx/a/b", "/signup/x"] {
@@ -199,7 +190,11 @@ async fn every_route_reaches_its_own_function_through_nginx_and_a_changed_path_i
     let ingress = workspace_root().join("infra/k8s/base/ingress/ingress.yaml");
 
     let failures = route_failures(&functions, &ingress).await;
-    assert!(failures.is_empty(), "through nginx:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "through nginx:\n{}",
+        failures.join("\n")
+    );
 
     // A copy of ingress.yaml with one path changed.
     let broken = std::env::temp_dir().join(format!("finapp-ingress-{}.yaml", env.database));

@@ -67,12 +67,8 @@ impl Rie {
             .await
             .expect("the emulator answers");
         let text = response.text().await.unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|_| {
-            panic!(
-                "not JSON: {text}\n{}",
-                self.process.output().join("\n")
-            )
-        })
+        serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("not JSON: {text}\n{}", self.process.output().join("\n")))
     }
 }
 
@@ -130,7 +126,9 @@ fn http_event(route: &Route, token: Option<&str>, body: &Value) -> Value {
 
 /// The status and JSON body of an API Gateway response.
 fn answer(response: &Value) -> (u64, Value) {
-    let status = response["statusCode"].as_u64().unwrap_or_else(|| panic!("no statusCode: {response}"));
+    let status = response["statusCode"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no statusCode: {response}"));
     let body = response["body"].as_str().unwrap_or("null");
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
@@ -145,7 +143,10 @@ async fn every_http_bootstrap_answers_api_gateway_events_under_the_emulator() {
         .hash("admin_password".to_string().into())
         .await
         .unwrap();
-    deps.store.upsert_admin("rie_admin", &admin_hash).await.unwrap();
+    deps.store
+        .upsert_admin("rie_admin", &admin_hash)
+        .await
+        .unwrap();
     let admin = deps.tokens.issue("rie_admin", Role::Admin);
     let credentials = json!({"username": "rie_user", "password": "secure_password"});
     let mut user_token = None;
@@ -157,14 +158,20 @@ async fn every_http_bootstrap_answers_api_gateway_events_under_the_emulator() {
             let what = format!("{name}: {} {}", route.method, route.path);
             if who == "anyone" {
                 // signup comes first in routes.toml, then login.
-                let (status, body) = answer(&rie.invoke(&http_event(route, None, &credentials)).await);
+                let (status, body) =
+                    answer(&rie.invoke(&http_event(route, None, &credentials)).await);
                 assert!(status == 200 || status == 201, "{what}: {status} {body}");
                 assert!(body["access_token"].is_string(), "{what}: {body}");
                 user_token = body["access_token"].as_str().map(str::to_owned);
             } else {
                 // Without a token: the function's own refusal, not a 404 of an unknown route.
-                let (status, body) = answer(&rie.invoke(&http_event(route, None, &json!({}))).await);
-                assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")), "{what}: {body}");
+                let (status, body) =
+                    answer(&rie.invoke(&http_event(route, None, &json!({}))).await);
+                assert_eq!(
+                    (status, body["error"].as_str()),
+                    (401, Some("unauthorized")),
+                    "{what}: {body}"
+                );
             }
         }
         // A path the function does not serve is its JSON 404.
@@ -172,19 +179,28 @@ async fn every_http_bootstrap_answers_api_gateway_events_under_the_emulator() {
         unknown.path = "/no-such-route".into();
         unknown.sample = unknown.path.clone();
         let (status, body) = answer(&rie.invoke(&http_event(&unknown, None, &json!({}))).await);
-        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{name}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{name}: {body}"
+        );
 
         // And one real answer with a token, for a user and for an admin.
         if name == "status" {
             let route = table.routes_of(name).next().unwrap();
             let token = user_token.as_deref().expect("signup ran first");
-            let (status, body) = answer(&rie.invoke(&http_event(route, Some(token), &json!({}))).await);
+            let (status, body) = answer(
+                &rie.invoke(&http_event(route, Some(token), &json!({})))
+                    .await,
+            );
             assert_eq!((status, body.is_array()), (200, true), "status: {body}");
         }
         if name == "analytics" {
             let route = table.routes_of(name).next().unwrap();
-            let (status, body) =
-                answer(&rie.invoke(&http_event(route, Some(expose(&admin)), &json!({}))).await);
+            let (status, body) = answer(
+                &rie.invoke(&http_event(route, Some(expose(&admin)), &json!({})))
+                    .await,
+            );
             assert_eq!(status, 200, "analytics: {body}");
             assert!(body["total_events"].is_number(), "analytics: {body}");
         }
@@ -197,18 +213,25 @@ async fn notify_consumer_answers_an_amazon_mq_event_under_the_emulator() {
     let env = TestEnv::new();
     let deps = env.deps().await;
     let token = deps.tokens.issue("rie_mq_user", Role::User);
-    let login = Event::new(EventType::UserActivity, "rie_mq_user", "User rie_mq_user logged in");
+    let login = Event::new(
+        EventType::UserActivity,
+        "rie_mq_user",
+        "User rie_mq_user logged in",
+    );
 
     // The committed fixture, its one message made this test's: its queue, a
     // real event and a token signed with this test's key.
     let fixture = workspace_root().join("functions/notify-consumer/fixtures/rmq-event.json");
-    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let mut event: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let mut message = event["rmqMessagesByQueue"]["user_activity::/"][0].clone();
-    message["data"] = json!(base64::engine::general_purpose::STANDARD
-        .encode(serde_json::to_vec(&login).unwrap()));
+    message["data"] = json!(
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&login).unwrap())
+    );
     let header = format!("Bearer {}", expose(&token));
     message["basicProperties"]["headers"]["Authorization"] = json!({"bytes": header.as_bytes()});
-    event["rmqMessagesByQueue"] = json!({ format!("{}::/", env.queue(EventType::UserActivity)): [message] });
+    event["rmqMessagesByQueue"] =
+        json!({ format!("{}::/", env.queue(EventType::UserActivity)): [message] });
 
     let rie = Rie::start("notify-consumer", &env).await;
     assert_eq!(

@@ -66,11 +66,27 @@ fn changing_a_path_in_routes_toml_and_regenerating_updates_every_artefact() {
     let (ok, output) = routes_py(&dir, &[]);
     assert!(ok, "{output}");
     for (file, want, gone) in [
-        ("Cargo.toml", "\"/sign-in\" = [{ method = \"POST\", function = \"login\" }]", "\"/login\" ="),
+        (
+            "Cargo.toml",
+            "\"/sign-in\" = [{ method = \"POST\", function = \"login\" }]",
+            "\"/login\" =",
+        ),
         ("template.yaml", "Path: /sign-in\n", "Path: /login\n"),
-        ("infra/k8s/base/ingress/ingress.yaml", "- path: /sign-in\n", "- path: /login\n"),
-        ("README.md", "| login | `POST /sign-in` |", "| login | `POST /login` |"),
-        ("docs/api.md", "| login | `POST /sign-in` |", "| login | `POST /login` |"),
+        (
+            "infra/k8s/base/ingress/ingress.yaml",
+            "- path: /sign-in\n",
+            "- path: /login\n",
+        ),
+        (
+            "README.md",
+            "| login | `POST /sign-in` |",
+            "| login | `POST /login` |",
+        ),
+        (
+            "docs/api.md",
+            "| login | `POST /sign-in` |",
+            "| login | `POST /login` |",
+        ),
     ] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         assert!(text.contains(want), "{file} lacks {want:?}");
@@ -104,8 +120,11 @@ fn the_openapi_document_has_exactly_the_routes_of_routes_toml() {
     assert_eq!(documented, routed);
 }
 
+/// Builds one function's routes.
+type BuildRouter = fn(Arc<Deps>) -> Router;
+
 /// Each HTTP function's router, by its name in routes.toml.
-const ROUTERS: &[(&str, fn(Arc<Deps>) -> Router)] = &[
+const ROUTERS: &[(&str, BuildRouter)] = &[
     ("signup", signup::router),
     ("login", login::router),
     ("apply", apply::router),

@@ -144,11 +144,11 @@ const K8S_BREAKS: &[(&str, &str, &str, &str)] = &[
         "resources:\n  - ../../base\nsecretGenerator:\n  - name: finapp-secrets\n    literals:\n      - JWT_SECRET_KEY=placeholder\n",
         "never a Secret",
     ),
-    // An untagged base image.
+    // ADD where COPY is meant (ADD also fetches URLs and unpacks archives).
     (
         "Dockerfile",
-        "FROM rust:1.95-bookworm AS build",
-        "FROM rust AS build",
+        "COPY function /usr/local/bin/finapp-function",
+        "ADD function /usr/local/bin/finapp-function",
         "hadolint",
     ),
 ];
@@ -188,8 +188,8 @@ fn aws_files() -> Vec<String> {
         "Cargo.toml",
         "routes.toml",
     ]
-        .map(String::from)
-        .to_vec();
+    .map(String::from)
+    .to_vec();
     files.extend(function_manifests());
     files
 }
