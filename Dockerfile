@@ -1,43 +1,29 @@
-# One image per function, all from this file:
+# One image per function, built from a static binary made beforehand:
 #
-#   docker build --build-arg FUNCTION=signup \
-#     -t ghcr.io/finapp/finapp-functions/signup:latest .
+#   scripts/build-image.sh signup     # cargo build (musl) + this file, with podman/buildah
 #
-# FUNCTION is a binary name, which is also the folder name under functions/
-# (signup, login, ..., notify-consumer). Needs BuildKit (the default builder
-# since Docker 23) for the cache mounts.
-
-# Same Debian release as the runtime image below, so the glibc the binary was
-# linked against is the one it runs with.
-FROM rust:1.95-bookworm AS build
-ARG FUNCTION
-WORKDIR /src
-COPY . .
-# The cache mounts keep crates.io downloads and compiled dependencies between
-# builds of different functions; the binary is copied out of the cached
-# target/ because a cache mount is not part of the image.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    test -n "${FUNCTION}" \
-    && test -d "functions/${FUNCTION}" \
-    && cargo build --release --locked --bin "${FUNCTION}" \
-    && cp "target/release/${FUNCTION}" /function
-
-# The binaries link glibc and libgcc_s dynamically (TLS is rustls, so no
-# OpenSSL), which is what the distroless "cc" image holds: no shell, no
-# package manager, no compiler; CA certificates and tzdata are included.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# The build context is the folder build-image.sh prepares, holding exactly:
+#   function               target/x86_64-unknown-linux-musl/release/<FUNCTION>
+#   ca-certificates.crt    Debian's CA bundle (ca-certificates)
+# No build stage: a compiler image would have to come from a registry, and the
+# same binary is built by cargo on the machine or the CI runner either way, so
+# a local build and CI's are the same build. The binary is static (musl), so the
+# image needs no libc: nothing but the binary and the CA bundle (for TLS to
+# MongoDB, RabbitMQ and AWS), no shell, no package manager.
+FROM scratch
 ARG FUNCTION
 LABEL org.opencontainers.image.title="finapp-${FUNCTION}" \
       org.opencontainers.image.description="FinApp function ${FUNCTION}" \
       org.opencontainers.image.licenses="MIT"
-COPY --from=build /function /usr/local/bin/finapp-function
-# 65532 is the image's "nonroot" user. Numeric on purpose: with a user name,
-# Kubernetes' runAsNonRoot cannot prove the user is not root unless the pod
-# also sets runAsUser.
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY function /usr/local/bin/finapp-function
+# Numeric on purpose: with a user name, Kubernetes' runAsNonRoot cannot prove
+# the user is not root unless the pod also sets runAsUser. scratch has no
+# /etc/passwd, and the functions need none.
 USER 65532:65532
 # Without AWS_LAMBDA_RUNTIME_API (set only by Lambda) the HTTP functions serve
 # plain HTTP on PORT with GET /healthz; notify-consumer ignores PORT.
-ENV PORT=8080
+ENV PORT=8080 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/finapp-function"]

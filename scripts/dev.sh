@@ -10,6 +10,8 @@ load_dotenv .env
 source scripts/services.sh
 
 # A development secret, generated once and kept in .dev/ so tokens survive restarts.
+# (.dev/ is made here: services.sh makes FINAPP_STATE_DIR, which may be elsewhere.)
+mkdir -p .dev
 if [ -z "${JWT_SECRET_KEY:-}" ]; then
   [ -s .dev/jwt_secret ] || head -c 48 /dev/urandom | base64 | tr -d '\n' >.dev/jwt_secret
   JWT_SECRET_KEY="$(cat .dev/jwt_secret)"
@@ -27,7 +29,6 @@ To create (or promote) an admin, in another shell with the same environment:
 HELP
 # The consumer is event-triggered: under `cargo lambda watch` it runs only when
 # invoked, so run it here in its long-running mode to fill user_analytics.
-mkdir -p .dev
 target/debug/notify-consumer >>.dev/notify-consumer.log 2>&1 &
 consumer=$!
 trap 'kill "$consumer" 2>/dev/null' EXIT

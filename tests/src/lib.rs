@@ -4,6 +4,7 @@
 //! conditions with deadlines instead of sleeping.
 
 pub mod openapi;
+pub mod routes;
 
 use std::{
     future::Future,

@@ -53,7 +53,7 @@ pub struct LoginResponse {
 #[utoipa::path(post, path = "/login", tag = "auth", request_body = LoginRequest, responses(
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Wrong username or password (the same answer for both, in the same time)", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),

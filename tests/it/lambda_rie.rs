@@ -1,0 +1,247 @@
+//! Every bootstrap under AWS's own Lambda Runtime Interface Emulator
+//! (`aws-lambda-rie`, built by scripts/deploy-tools.sh from the Go module
+//! proxy): each HTTP function answers API Gateway HTTP API (payload 2.0) events
+//! for each of its routes of routes.toml, and notify-consumer an Amazon MQ for
+//! RabbitMQ event. Besides `cargo lambda watch` (lambda_watch.rs), this is the
+//! runtime API as AWS implements it.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use finapp_shared::{
+    auth::Role,
+    events::{Event, EventType},
+};
+use finapp_tests::{
+    Process, TestEnv, expose, free_port, function_binary,
+    routes::{Route, Table, deploy_tool},
+    wait_for, workspace_root,
+};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+/// One function's bootstrap under the emulator, on ports of its own.
+struct Rie {
+    process: Process,
+    url: String,
+}
+
+impl Rie {
+    async fn start(function: &str, env: &TestEnv) -> Self {
+        let (rie_port, api_port) = (free_port(), free_port());
+        let mut command = Command::new(deploy_tool("bin/aws-lambda-rie"));
+        command
+            .arg("--runtime-interface-emulator-address")
+            .arg(format!("127.0.0.1:{rie_port}"))
+            .arg("--runtime-api-address")
+            .arg(format!("127.0.0.1:{api_port}"))
+            .arg(function_binary(function))
+            .env_clear()
+            .envs(env.vars())
+            .env("AWS_LAMBDA_FUNCTION_NAME", function);
+        let process = Process::spawn(command);
+        wait_for(
+            "the emulator to listen",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", rie_port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Self {
+            process,
+            url: format!("http://127.0.0.1:{rie_port}/2015-03-31/functions/function/invocations"),
+        }
+    }
+
+    /// Invokes the function with `event` and returns what it answered.
+    async fn invoke(&self, event: &Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(&self.url)
+            .json(event)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the emulator answers");
+        let text = response.text().await.unwrap();
+        serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("not JSON: {text}\n{}", self.process.output().join("\n")))
+    }
+}
+
+/// An API Gateway HTTP API event (payload format 2.0) for `route`.
+fn http_event(route: &Route, token: Option<&str>, body: &Value) -> Value {
+    let mut headers = json!({"content-type": "application/json"});
+    if let Some(token) = token {
+        headers["authorization"] = json!(format!("Bearer {token}"));
+    }
+    let route_key = format!("{} {}", route.method, route.path);
+    let names = route
+        .path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')));
+    let values = route.sample.split('/').zip(route.path.split('/'));
+    let path_parameters: serde_json::Map<String, Value> = names
+        .map(|name| {
+            let value = values
+                .clone()
+                .find(|(_, pattern)| *pattern == format!("{{{name}}}"))
+                .map(|(value, _)| value)
+                .unwrap_or_default();
+            (name.to_owned(), json!(value))
+        })
+        .collect();
+    json!({
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": route.sample,
+        "rawQueryString": "",
+        "headers": headers,
+        "pathParameters": path_parameters,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "finapp",
+            "domainName": "finapp.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "finapp",
+            "http": {
+                "method": route.method,
+                "path": route.sample,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "finapp-tests"
+            },
+            "requestId": uuid::Uuid::new_v4().to_string(),
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": "01/Dec/2026:09:00:00 +0000",
+            "timeEpoch": 1_796_115_600_000_u64
+        },
+        "body": body.to_string(),
+        "isBase64Encoded": false
+    })
+}
+
+/// The status and JSON body of an API Gateway response.
+fn answer(response: &Value) -> (u64, Value) {
+    let status = response["statusCode"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no statusCode: {response}"));
+    let body = response["body"].as_str().unwrap_or("null");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn every_http_bootstrap_answers_api_gateway_events_under_the_emulator() {
+    let env = TestEnv::new();
+    let table = Table::load();
+    let deps = env.deps().await;
+    let admin_hash = deps
+        .passwords
+        .hash("admin_password".to_string().into())
+        .await
+        .unwrap();
+    deps.store
+        .upsert_admin("rie_admin", &admin_hash)
+        .await
+        .unwrap();
+    let admin = deps.tokens.issue("rie_admin", Role::Admin);
+    let credentials = json!({"username": "rie_user", "password": "secure_password"});
+    let mut user_token = None;
+
+    for name in table.http_functions() {
+        let rie = Rie::start(name, &env).await;
+        let who = &table.functions.iter().find(|f| f.name == name).unwrap().who;
+        for route in table.routes_of(name) {
+            let what = format!("{name}: {} {}", route.method, route.path);
+            if who == "anyone" {
+                // signup comes first in routes.toml, then login.
+                let (status, body) =
+                    answer(&rie.invoke(&http_event(route, None, &credentials)).await);
+                assert!(status == 200 || status == 201, "{what}: {status} {body}");
+                assert!(body["access_token"].is_string(), "{what}: {body}");
+                user_token = body["access_token"].as_str().map(str::to_owned);
+            } else {
+                // Without a token: the function's own refusal, not a 404 of an unknown route.
+                let (status, body) =
+                    answer(&rie.invoke(&http_event(route, None, &json!({}))).await);
+                assert_eq!(
+                    (status, body["error"].as_str()),
+                    (401, Some("unauthorized")),
+                    "{what}: {body}"
+                );
+            }
+        }
+        // A path the function does not serve is its JSON 404.
+        let mut unknown = table.routes_of(name).next().unwrap().clone();
+        unknown.path = "/no-such-route".into();
+        unknown.sample = unknown.path.clone();
+        let (status, body) = answer(&rie.invoke(&http_event(&unknown, None, &json!({}))).await);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{name}: {body}"
+        );
+
+        // And one real answer with a token, for a user and for an admin.
+        if name == "status" {
+            let route = table.routes_of(name).next().unwrap();
+            let token = user_token.as_deref().expect("signup ran first");
+            let (status, body) = answer(
+                &rie.invoke(&http_event(route, Some(token), &json!({})))
+                    .await,
+            );
+            assert_eq!((status, body.is_array()), (200, true), "status: {body}");
+        }
+        if name == "analytics" {
+            let route = table.routes_of(name).next().unwrap();
+            let (status, body) = answer(
+                &rie.invoke(&http_event(route, Some(expose(&admin)), &json!({})))
+                    .await,
+            );
+            assert_eq!(status, 200, "analytics: {body}");
+            assert!(body["total_events"].is_number(), "analytics: {body}");
+        }
+    }
+    assert_eq!(env.count("users").await, 2, "rie_admin and rie_user");
+}
+
+#[tokio::test]
+async fn notify_consumer_answers_an_amazon_mq_event_under_the_emulator() {
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let token = deps.tokens.issue("rie_mq_user", Role::User);
+    let login = Event::new(
+        EventType::UserActivity,
+        "rie_mq_user",
+        "User rie_mq_user logged in",
+    );
+
+    // The committed fixture, its one message made this test's: its queue, a
+    // real event and a token signed with this test's key.
+    let fixture = workspace_root().join("functions/notify-consumer/fixtures/rmq-event.json");
+    let mut event: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let mut message = event["rmqMessagesByQueue"]["user_activity::/"][0].clone();
+    message["data"] = json!(
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&login).unwrap())
+    );
+    let header = format!("Bearer {}", expose(&token));
+    message["basicProperties"]["headers"]["Authorization"] = json!({"bytes": header.as_bytes()});
+    event["rmqMessagesByQueue"] =
+        json!({ format!("{}::/", env.queue(EventType::UserActivity)): [message] });
+
+    let rie = Rie::start("notify-consumer", &env).await;
+    assert_eq!(
+        rie.invoke(&event).await,
+        json!({"recorded": 1, "duplicates": 0, "dead_lettered": 0})
+    );
+    // Amazon MQ redelivers a batch it thinks failed; it is counted once.
+    assert_eq!(
+        rie.invoke(&event).await,
+        json!({"recorded": 0, "duplicates": 1, "dead_lettered": 0})
+    );
+    assert_eq!(env.count("user_analytics").await, 1);
+}
