@@ -142,11 +142,10 @@ def main():
                 problems.append("ports: one named http on 8080")
             if env.get("PORT") != str(CONTAINER_PORT):
                 problems.append("env PORT=8080")
-            get = ctr.get("readinessProbe", {}).get("httpGet", {})
-            if get.get("path") != "/healthz" or get.get("port") not in ("http", CONTAINER_PORT):
-                problems.append("readinessProbe GET /healthz on 8080")
-            if not ctr.get("livenessProbe"):
-                problems.append("livenessProbe")
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                get = ctr.get(probe, {}).get("httpGet", {})
+                if get.get("path") != path or get.get("port") not in ("http", CONTAINER_PORT):
+                    problems.append(f"{probe} GET {path} on 8080")
         elif ctr.get("ports") or ctr.get("livenessProbe") or ctr.get("readinessProbe"):
             problems.append("no HTTP port or probes for a consumer")
         c.check(not problems, f"{prefix}{fn}: image, labels, settings, resources, probes, securityContext",

@@ -162,7 +162,13 @@ async fn route_failures(functions: &Functions, ingress: &Path) -> Vec<String> {
             failures.push(format!("{what}: reached {saw:?}, not {}", route.function));
         }
     }
-    for path in ["/healthz", "/nope", "/update_statusx/a/b", "/signup/x"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/nope",
+        "/update_statusx/a/b",
+        "/signup/x",
+    ] {
         let id = format!("nginx-{}", uuid::Uuid::new_v4());
         let response = client
             .get(format!("{}{path}", nginx.base_url))
