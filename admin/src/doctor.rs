@@ -5,7 +5,7 @@
 use finapp_shared::{
     auth::Passwords,
     config::Config,
-    events::{connect_broker, declare_durable, is_precondition_failed, queue_names},
+    events::{connect_broker, probe_queue, queue_names},
     store::{Store, StoreError, list_counts},
 };
 use futures_util::TryStreamExt as _;
@@ -187,13 +187,8 @@ pub async fn inequivalent_queues(config: &Config) -> Result<Vec<String>, lapin::
     let connection = connect_broker(&config.rabbitmq_uri, "finapp-admin").await?;
     let mut found = Vec::new();
     for name in queue_names(&config.queue_prefix) {
-        let channel = connection.create_channel().await?;
-        match declare_durable(&channel, &name, config.queue_type).await {
-            Ok(()) => {
-                let _ = channel.close(200, "checked".into()).await;
-            }
-            Err(err) if is_precondition_failed(&err) => found.push(format!("{name} ({err})")),
-            Err(err) => return Err(err),
+        if let Some(difference) = probe_queue(&connection, &name, config.queue_type).await? {
+            found.push(format!("{name} ({difference})"));
         }
     }
     let _ = connection.close(200, "done".into()).await;

@@ -12,7 +12,7 @@
 
 use finapp_shared::{
     config::Config,
-    events::{connect_broker, declare_durable, is_precondition_failed, queue_names},
+    events::{connect_broker, declare_durable, is_precondition_failed, probe_queue, queue_names},
 };
 use lapin::{
     BasicProperties, Channel, Connection,
@@ -39,14 +39,11 @@ pub async fn migrate_queues(config: &Config) -> Result<Vec<MovedQueue>, lapin::E
     let connection = connect_broker(&config.rabbitmq_uri, "finapp-admin").await?;
     let mut moved = Vec::new();
     for name in queue_names(&config.queue_prefix) {
-        let probe = connection.create_channel().await?;
-        match declare_durable(&probe, &name, config.queue_type).await {
-            Ok(()) => {
-                let _ = probe.close(200, "matches".into()).await;
-                continue;
-            }
-            Err(err) if is_precondition_failed(&err) => {}
-            Err(err) => return Err(err),
+        if probe_queue(&connection, &name, config.queue_type)
+            .await?
+            .is_none()
+        {
+            continue;
         }
         let messages = migrate_queue(&connection, config, &name).await?;
         moved.push(MovedQueue {

@@ -502,6 +502,25 @@ pub async fn declare_durable(
     Ok(())
 }
 
+/// Declares `name` with the bundle's definition on a channel of its own:
+/// `Ok(None)` when the queue matches it (or did not exist and now does),
+/// `Ok(Some(err))` when it exists with other arguments, `err` saying which.
+pub async fn probe_queue(
+    connection: &Connection,
+    name: &str,
+    queue_type: QueueType,
+) -> Result<Option<lapin::Error>, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    match declare_durable(&channel, name, queue_type).await {
+        Ok(()) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(None)
+        }
+        Err(err) if is_precondition_failed(&err) => Ok(Some(err)),
+        Err(err) => Err(err),
+    }
+}
+
 /// Whether the broker refused a declaration because the queue exists with
 /// other arguments (AMQP 406 PRECONDITION_FAILED).
 pub fn is_precondition_failed(err: &lapin::Error) -> bool {
