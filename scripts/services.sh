@@ -147,6 +147,9 @@ CONF
     "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1; then
     as_pg_user "$bin/createdb" -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres ferretdb
   fi
+  # The file is read by psql as the unprivileged user: pass it on stdin.
+  as_pg_user "$bin/psql" -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d ferretdb -v ON_ERROR_STOP=1 \
+    <"$ROOT/tools/ferretdb/gin-twins.sql" >/dev/null
 }
 
 install_rabbitmq() {

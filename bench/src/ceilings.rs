@@ -236,6 +236,7 @@ fn analytics_doc() -> AnalyticsDoc {
         event: event.message,
         timestamp: DateTime::from_millis(event.timestamp_ms),
         received_at: now,
+        pending: false,
     }
 }
 
