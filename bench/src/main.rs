@@ -9,6 +9,7 @@ mod machine;
 mod pipeline;
 mod procs;
 mod report;
+mod scale;
 mod scenarios;
 mod settings;
 mod stats;
@@ -18,7 +19,7 @@ use std::process::{Command, ExitCode};
 
 use crate::{
     error::Result,
-    fixture::{Fixture, MONGODB_URI},
+    fixture::{Fixture, mongodb_uri},
     machine::Machine,
     report::Report,
     scenarios::Bench,
@@ -76,7 +77,7 @@ fn run(settings: &Settings) -> Result<bool> {
         settings.quiet_wait,
     ));
     eprintln!("[bench] CPU busy before the run: {busy_before}");
-    let versions = runtime.block_on(machine::versions(&settings.workspace, MONGODB_URI));
+    let versions = runtime.block_on(machine::versions(&settings.workspace, &mongodb_uri()));
     eprintln!("[bench] creating the fixture");
     let fixture = runtime.block_on(Fixture::create(settings))?;
     let mut bench = Bench {
@@ -98,6 +99,7 @@ fn run(settings: &Settings) -> Result<bool> {
     let artifacts = attempt(settings, &mut problems, "artifacts", || {
         Ok(bench.artifacts())
     });
+    let scale = attempt(settings, &mut problems, "scale", || bench.scale());
 
     if std::env::var_os("BENCH_KEEP_DATA").is_none() {
         for space in fixture.spaces(settings.runs) {
@@ -128,7 +130,20 @@ fn run(settings: &Settings) -> Result<bool> {
         scale: std::fs::read_to_string(settings.workspace.join("bench/SCALE.md")).ok(),
         problems,
     };
-    std::fs::write(&settings.output, report.render())?;
+    // The scale section lives between markers, so a run of only that
+    // scenario replaces it and leaves the rest of the report as it was.
+    let date = report.date.clone();
+    let rendered = if settings.only.iter().all(|name| name == "scale") && !settings.only.is_empty()
+    {
+        std::fs::read_to_string(&settings.output).unwrap_or_default()
+    } else {
+        report.render()
+    };
+    let rendered = match &scale {
+        Some(scale) => scale::splice(&rendered, &scale::render(scale, &date)),
+        None => rendered,
+    };
+    std::fs::write(&settings.output, rendered)?;
     eprintln!("[bench] wrote {}", settings.output.display());
     Ok(report.problems.is_empty())
 }

@@ -56,7 +56,8 @@ async fn assert_indexed(env: &TestEnv, what: &str, command: Document) {
         assert_eq!(
             plan.get_bool("filterPushdown"),
             Ok(true),
-            "{what}: filter not pushed down: {text}"
+            "{what}: filter not pushed down (is an old SQLite-backed FerretDB on this port? \
+             scripts/services.sh starts the PostgreSQL backend): {text}"
         );
         assert!(
             text.contains("Index Scan") && !text.contains("Seq Scan"),
