@@ -138,11 +138,11 @@ shared_buffers = 256MB
 synchronous_commit = off
 CONF
   fi
-  log "starting PostgreSQL on 127.0.0.1:$POSTGRES_PORT (data in $data)"
-  touch "$STATE/postgres.log"
-  [ "$(id -u)" -eq 0 ] && chown "$PG_USER" "$STATE/postgres.log"
-  as_pg_user "$bin/pg_ctl" -D "$data" -o "-p $POSTGRES_PORT" -l "$STATE/postgres.log" -w -t 60 start >/dev/null \
-    || { show_log "$STATE/postgres.log"; return 1; }
+  log "starting PostgreSQL on 127.0.0.1:$POSTGRES_PORT (data in $data, log in $data.log)"
+  touch "$data.log"
+  [ "$(id -u)" -eq 0 ] && chown "$PG_USER" "$data.log"
+  as_pg_user "$bin/pg_ctl" -D "$data" -o "-p $POSTGRES_PORT" -l "$data.log" -w -t 60 start >/dev/null \
+    || { show_log "$data.log"; return 1; }
   if ! as_pg_user "$bin/psql" -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1; then
     as_pg_user "$bin/createdb" -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres ferretdb

@@ -239,8 +239,10 @@ pub struct AnalyticsDoc {
     pub pending: bool,
 }
 
-/// What `GET /analytics` reports, summed from `analytics_counters` (one small
-/// document per user), never from the events themselves.
+/// What `GET /analytics` reports.
+///
+/// Summed from `analytics_counters` (one small document per user), never from
+/// the events themselves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnalyticsSummary {
     pub total_events: u64,

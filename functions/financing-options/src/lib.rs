@@ -16,8 +16,9 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-/// Every financing option, `_id` as a string (served from this process's memory
-/// for a few seconds after each read).
+/// Every financing option, `_id` as a string.
+///
+/// Served from this process's memory for a few seconds after each read.
 #[utoipa::path(get, path = "/financing-options", tag = "finance", security(("bearer" = [])), responses(
         (status = 200, description = "The options", body = Vec<Object>),
         (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
