@@ -58,7 +58,13 @@ fn run(settings: &Settings) -> Result<bool> {
         )));
     }
     std::fs::create_dir_all(settings.scratch.join("logs"))?;
-    for binary in FUNCTIONS.iter().chain(&["bench-hello"]) {
+    let only_scale = !settings.only.is_empty() && settings.only.iter().all(|name| name == "scale");
+    let needed: Vec<&str> = if only_scale {
+        scale::FUNCTIONS.to_vec()
+    } else {
+        FUNCTIONS.iter().copied().chain(["bench-hello"]).collect()
+    };
+    for binary in &needed {
         let path = settings.binary(binary);
         if !path.exists() {
             return Err(error::Error::Setup(format!(
@@ -113,7 +119,10 @@ fn run(settings: &Settings) -> Result<bool> {
         settings,
         date: utc_now(),
         machine,
-        cpu_busy: (busy_before, machine::percent_busy(machine::cpu_busy())),
+        cpu_busy: (
+            busy_before.clone(),
+            machine::percent_busy(machine::cpu_busy()),
+        ),
         versions,
         commands: bench.commands,
         db_bound,
@@ -140,7 +149,7 @@ fn run(settings: &Settings) -> Result<bool> {
         report.render()
     };
     let rendered = match &scale {
-        Some(scale) => scale::splice(&rendered, &scale::render(scale, &date)),
+        Some(scale) => scale::splice(&rendered, &scale::render(scale, &date, &busy_before)),
         None => rendered,
     };
     std::fs::write(&settings.output, rendered)?;

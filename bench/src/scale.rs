@@ -28,6 +28,15 @@ use crate::{
     wrk::Script,
 };
 
+/// The function binaries this scenario runs.
+pub const FUNCTIONS: [&str; 5] = [
+    "status",
+    "dashboard-info",
+    "admin-applications",
+    "analytics",
+    "apply",
+];
+
 /// Applications of each probe user, at every size.
 pub const PROBE_APPLICATIONS: usize = 25;
 const PROBE_USERS: usize = 16;
@@ -61,7 +70,12 @@ pub struct Scale {
     pub connections: usize,
     pub rows: Vec<Row>,
     pub growth: Vec<GrowthPoint>,
+    /// One `/analytics` computed as before the counters (four scans of the
+    /// events), timed once; `None` if it took longer than [`BEFORE_TIMEOUT`].
+    pub analytics_before: Option<std::time::Duration>,
 }
+
+const BEFORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// A space seeded with `applications` applications (16 probe users with 25
 /// each, the rest spread over `users` filler users) and `events` events with
@@ -330,6 +344,17 @@ impl Bench<'_> {
                 ceiling,
             });
         }
+        eprintln!(
+            "[bench] scale: /analytics as before the counters (one call, up to {BEFORE_TIMEOUT:?})"
+        );
+        let before = Instant::now();
+        let analytics_before = rt
+            .block_on(async {
+                tokio::time::timeout(BEFORE_TIMEOUT, store.analytics_summary_from_events()).await
+            })
+            .ok()
+            .and_then(|summary| summary.ok())
+            .map(|_| before.elapsed());
         let mut growth = Vec::new();
         for &size in &settings.scale_growth {
             let (point_space, point_store, point_probes) = if size == applications {
@@ -371,6 +396,7 @@ impl Bench<'_> {
             connections: concurrency,
             rows,
             growth,
+            analytics_before,
         })
     }
 }
@@ -397,7 +423,7 @@ fn ms(figure: &Figure) -> String {
 }
 
 /// The scale section of BENCHMARKS.md.
-pub fn render(scale: &Scale, date: &str) -> String {
+pub fn render(scale: &Scale, date: &str, busy: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{BEGIN}\n## At real sizes (`scale`)\n");
     let _ = writeln!(
@@ -405,7 +431,8 @@ pub fn render(scale: &Scale, date: &str) -> String {
         "Run on {date}: {} users, {} applications, {} analytics events in one database, seeded in {:.0} s \
          (bulk `insert_many`). One run per figure, {} s each, wrk -c{}; each ceiling is the handler's own \
          database work (the same `Store` calls, caller lookup included) from {} tasks of the bench process, \
-         measured just before its route. On the local default: FerretDB 1.24 on PostgreSQL.\n",
+         measured just before its route. On the local default: FerretDB 1.24 on PostgreSQL. \
+         CPU busy before the run: {busy} (the machine's 2 cores were shared with other work).\n",
         scale.users,
         scale.applications,
         scale.events,
@@ -462,7 +489,27 @@ pub fn render(scale: &Scale, date: &str) -> String {
             ratio
         );
     }
-    let _ = writeln!(out, "\n{END}");
+    let before = match scale.analytics_before {
+        Some(took) => format!("{:.1} s for one request", took.as_secs_f64()),
+        None => format!("no answer within {} s", BEFORE_TIMEOUT.as_secs()),
+    };
+    let after = scale
+        .rows
+        .iter()
+        .find(|row| row.route == "GET /analytics")
+        .map_or_else(String::new, |row| {
+            format!(
+                "p50 {:.1} ms, p99 {} ms under 16 connections",
+                row.achieved.p50.as_secs_f64() * 1000.0,
+                ms(&row.achieved)
+            )
+        });
+    let _ = writeln!(
+        out,
+        "\n`GET /analytics` at {} events: before (four scans of `user_analytics`, timed once from the bench) {before}; \
+         after (the counters) {after}.\n\n{END}",
+        scale.events
+    );
     out
 }
 
