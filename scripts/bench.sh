@@ -8,7 +8,9 @@
 #   BENCH_QUICK=1        short runs, for trying the harness out (not for committing)
 #   BENCH_SKIP_LAMBDA=1  skip the long `cargo lambda build`; report target/release sizes
 #   BENCH_ONLY=a,b       only these scenarios: status-apply, login, framework,
-#                        pipeline, cold-start, memory, artifacts
+#                        pipeline, cold-start, memory, artifacts, scale
+#   BENCH_SCALE_*        sizes of the scale scenario (1,000 users, 100,000 applications,
+#                        1,000,000 events; growth curve 1000,10000,100000)
 # Every other BENCH_* knob (runs, durations, counts) is in bench/src/settings.rs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -7,6 +7,7 @@
 //! finapp-admin doctor                      # what would stop or surprise the bundle
 //! finapp-admin migrate                     # hash plaintext passwords, build the indexes
 //! finapp-admin migrate-queues              # the original's queues -> durable ones
+//! finapp-admin rebuild-analytics           # counters from every stored event (consumer stopped)
 //! ```
 
 use std::{io::BufRead as _, process::ExitCode};
@@ -18,7 +19,8 @@ const USAGE: &str = "usage: finapp-admin create-admin <username>   (password on 
        finapp-admin seed-financing-options
        finapp-admin doctor
        finapp-admin migrate
-       finapp-admin migrate-queues";
+       finapp-admin migrate-queues
+       finapp-admin rebuild-analytics";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -39,7 +41,12 @@ async fn run(args: &[String]) -> Result<String, String> {
     let command: Vec<&str> = args.iter().map(String::as_str).collect();
     if !matches!(
         command.as_slice(),
-        ["create-admin", _] | ["seed-financing-options" | "doctor" | "migrate" | "migrate-queues"]
+        ["create-admin", _]
+            | ["seed-financing-options"
+                | "doctor"
+                | "migrate"
+                | "migrate-queues"
+                | "rebuild-analytics"]
     ) {
         return Err(USAGE.into());
     }
@@ -94,6 +101,16 @@ async fn run(args: &[String]) -> Result<String, String> {
             } else {
                 lines.join("\n")
             })
+        }
+        ["rebuild-analytics"] => {
+            let summary = store
+                .rebuild_analytics_counters()
+                .await
+                .map_err(|err| format!("{err}: {:?}", std::error::Error::source(&err)))?;
+            Ok(format!(
+                "analytics counters rebuilt from {} events",
+                summary.total_events
+            ))
         }
         _ => {
             store

@@ -29,7 +29,7 @@ const OUTBOX_GRACE_MS: i64 = 10_000;
 /// Runs `op` in `concurrency` tokio tasks, each calling it back to back until
 /// `duration` has passed, and times every call. `op(task, iteration)` answers
 /// whether the call succeeded.
-async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Figure
+pub async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Figure
 where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
@@ -236,6 +236,7 @@ fn analytics_doc() -> AnalyticsDoc {
         event: event.message,
         timestamp: DateTime::from_millis(event.timestamp_ms),
         received_at: now,
+        pending: false,
     }
 }
 

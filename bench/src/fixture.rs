@@ -17,7 +17,13 @@ use crate::{
     settings::Settings,
 };
 
-pub const MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+/// `BENCH_MONGODB_URI`, else the FerretDB `scripts/services.sh` starts.
+pub fn mongodb_uri() -> String {
+    std::env::var("BENCH_MONGODB_URI")
+        .ok()
+        .filter(|uri| !uri.is_empty())
+        .unwrap_or_else(|| "mongodb://127.0.0.1:27017".to_owned())
+}
 pub const RABBITMQ_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A database and a queue prefix of their own.
@@ -38,7 +44,7 @@ impl Space {
 
     /// Drops the database and deletes the queues.
     pub async fn remove(&self) -> Result<()> {
-        let client = mongodb::Client::with_uri_str(MONGODB_URI).await?;
+        let client = mongodb::Client::with_uri_str(mongodb_uri()).await?;
         client.database(&self.database).drop().await?;
         let connection = Connection::connect(RABBITMQ_URI, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
@@ -190,7 +196,7 @@ pub fn pipeline_space(run_id: &str, run: usize) -> Space {
 
 /// A space as a deployment finds it: the database with its indexes, the
 /// queues declared. Returns the store.
-async fn prepare(config: &Config) -> Result<Store> {
+pub async fn prepare(config: &Config) -> Result<Store> {
     let store = Store::connect(config).await.map_err(mongo)?;
     store
         .ensure_indexes()
@@ -204,7 +210,7 @@ async fn prepare(config: &Config) -> Result<Store> {
 
 fn vars(space: &Space, secret: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("MONGODB_URI", MONGODB_URI.into()),
+        ("MONGODB_URI", mongodb_uri()),
         ("MONGODB_DATABASE", space.database.clone()),
         ("RABBITMQ_URI", RABBITMQ_URI.into()),
         ("RABBITMQ_QUEUE_PREFIX", space.queue_prefix.clone()),

@@ -209,7 +209,14 @@ async fn ferretdb_version(workspace: &Path, uri: &str) -> String {
         Ok(info) => info.get_str("version").unwrap_or("unknown").to_owned(),
         Err(err) => format!("unavailable: {err}"),
     };
-    format!("{module} (SQLite backend; `buildInfo` reports MongoDB {claims})")
+    let backend = std::env::var("FINAPP_FERRETDB_BACKEND").unwrap_or_else(|_| "postgresql".into());
+    let postgres = first_line("dpkg-query", &["-W", "-f", "${Version}", "postgresql"]);
+    let backend = if backend == "sqlite" {
+        "SQLite backend".to_owned()
+    } else {
+        format!("PostgreSQL backend, Debian postgresql {postgres}")
+    };
+    format!("{module} ({backend}; `buildInfo` reports MongoDB {claims})")
 }
 
 /// The version of `name` in a Cargo.lock's text.

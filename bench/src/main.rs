@@ -9,6 +9,7 @@ mod machine;
 mod pipeline;
 mod procs;
 mod report;
+mod scale;
 mod scenarios;
 mod settings;
 mod stats;
@@ -18,7 +19,7 @@ use std::process::{Command, ExitCode};
 
 use crate::{
     error::Result,
-    fixture::{Fixture, MONGODB_URI},
+    fixture::{Fixture, mongodb_uri},
     machine::Machine,
     report::Report,
     scenarios::Bench,
@@ -57,7 +58,13 @@ fn run(settings: &Settings) -> Result<bool> {
         )));
     }
     std::fs::create_dir_all(settings.scratch.join("logs"))?;
-    for binary in FUNCTIONS.iter().chain(&["bench-hello"]) {
+    let only_scale = !settings.only.is_empty() && settings.only.iter().all(|name| name == "scale");
+    let needed: Vec<&str> = if only_scale {
+        scale::FUNCTIONS.to_vec()
+    } else {
+        FUNCTIONS.iter().copied().chain(["bench-hello"]).collect()
+    };
+    for binary in &needed {
         let path = settings.binary(binary);
         if !path.exists() {
             return Err(error::Error::Setup(format!(
@@ -76,7 +83,7 @@ fn run(settings: &Settings) -> Result<bool> {
         settings.quiet_wait,
     ));
     eprintln!("[bench] CPU busy before the run: {busy_before}");
-    let versions = runtime.block_on(machine::versions(&settings.workspace, MONGODB_URI));
+    let versions = runtime.block_on(machine::versions(&settings.workspace, &mongodb_uri()));
     eprintln!("[bench] creating the fixture");
     let fixture = runtime.block_on(Fixture::create(settings))?;
     let mut bench = Bench {
@@ -98,6 +105,7 @@ fn run(settings: &Settings) -> Result<bool> {
     let artifacts = attempt(settings, &mut problems, "artifacts", || {
         Ok(bench.artifacts())
     });
+    let scale = attempt(settings, &mut problems, "scale", || bench.scale());
 
     if std::env::var_os("BENCH_KEEP_DATA").is_none() {
         for space in fixture.spaces(settings.runs) {
@@ -111,7 +119,10 @@ fn run(settings: &Settings) -> Result<bool> {
         settings,
         date: utc_now(),
         machine,
-        cpu_busy: (busy_before, machine::percent_busy(machine::cpu_busy())),
+        cpu_busy: (
+            busy_before.clone(),
+            machine::percent_busy(machine::cpu_busy()),
+        ),
         versions,
         commands: bench.commands,
         db_bound,
@@ -128,7 +139,20 @@ fn run(settings: &Settings) -> Result<bool> {
         scale: std::fs::read_to_string(settings.workspace.join("bench/SCALE.md")).ok(),
         problems,
     };
-    std::fs::write(&settings.output, report.render())?;
+    // The scale section lives between markers, so a run of only that
+    // scenario replaces it and leaves the rest of the report as it was.
+    let date = report.date.clone();
+    let rendered = if settings.only.iter().all(|name| name == "scale") && !settings.only.is_empty()
+    {
+        std::fs::read_to_string(&settings.output).unwrap_or_default()
+    } else {
+        report.render()
+    };
+    let rendered = match &scale {
+        Some(scale) => scale::splice(&rendered, &scale::render(scale, &date, &busy_before)),
+        None => rendered,
+    };
+    std::fs::write(&settings.output, rendered)?;
     eprintln!("[bench] wrote {}", settings.output.display());
     Ok(report.problems.is_empty())
 }

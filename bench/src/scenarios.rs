@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The body every `POST /apply` sends.
-const APPLY_BODY: &str =
+pub(crate) const APPLY_BODY: &str =
     r#"{"loan_types": ["personal"], "amount": 15000, "purpose": "Car purchase"}"#;
 /// A saturating request slower than this counts as a timeout error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,7 +162,7 @@ impl Bench<'_> {
             .join(format!("{name}.log"))
     }
 
-    fn start(&self, function: &str, space: &Space) -> Result<Process> {
+    pub(crate) fn start(&self, function: &str, space: &Space) -> Result<Process> {
         Process::http(
             &self.settings.binary(function),
             &self.fixture.env_in(space),
@@ -178,7 +178,7 @@ impl Bench<'_> {
     }
 
     /// A saturating load: the configured threads, connections and duration.
-    fn saturate(&self, process: &Process, script: Script) -> Load {
+    pub(crate) fn saturate(&self, process: &Process, script: Script) -> Load {
         Load {
             url: process.url(&script.path),
             threads: self.settings.wrk_threads,
@@ -189,7 +189,7 @@ impl Bench<'_> {
         }
     }
 
-    fn record(&mut self, scenario: &'static str, load: &Load, name: &str) {
+    pub(crate) fn record(&mut self, scenario: &'static str, load: &Load, name: &str) {
         self.commands.push(CommandLine {
             scenario,
             line: load.command_line(&self.settings.scratch, name),
@@ -197,7 +197,7 @@ impl Bench<'_> {
     }
 
     /// Unrecorded load, so caches, pools and connections are warm.
-    fn warm_up(&self, load: &Load, name: &str) -> Result<()> {
+    pub(crate) fn warm_up(&self, load: &Load, name: &str) -> Result<()> {
         let warm = Load {
             duration: self.settings.warmup,
             ..load.clone()

@@ -23,7 +23,7 @@ pub const FUNCTIONS: [&str; 12] = [
 ];
 
 /// The scenarios, by the names `BENCH_ONLY` takes.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "status-apply",
     "login",
     "framework",
@@ -31,6 +31,7 @@ pub const SCENARIOS: [&str; 7] = [
     "cold-start",
     "memory",
     "artifacts",
+    "scale",
 ];
 
 #[derive(Clone, Debug)]
@@ -58,6 +59,12 @@ pub struct Settings {
     pub quiet_wait: Duration,
     /// Report `target/release` sizes instead of `cargo lambda build` bootstraps.
     pub skip_lambda: bool,
+    /// The `scale` scenario's database: users, applications, analytics events.
+    pub scale_users: usize,
+    pub scale_applications: usize,
+    pub scale_events: usize,
+    /// Sizes (applications) of the `/status` growth curve.
+    pub scale_growth: Vec<usize>,
     /// Only these scenarios (all when empty).
     pub only: Vec<String>,
     pub workspace: PathBuf,
@@ -105,6 +112,20 @@ impl Settings {
             events: number("BENCH_EVENTS", pick(20_000, 2_000)) as usize,
             skip_lambda: flag("BENCH_SKIP_LAMBDA"),
             quiet_wait: Duration::from_secs(number("BENCH_QUIET_WAIT_SECS", pick(600, 0))),
+            scale_users: number("BENCH_SCALE_USERS", pick(1_000, 100)) as usize,
+            scale_applications: number("BENCH_SCALE_APPLICATIONS", pick(100_000, 10_000)) as usize,
+            scale_events: number("BENCH_SCALE_EVENTS", pick(1_000_000, 20_000)) as usize,
+            scale_growth: list(
+                "BENCH_SCALE_GROWTH",
+                if quick {
+                    "1000,10000"
+                } else {
+                    "1000,10000,100000"
+                },
+            )
+            .iter()
+            .map(|size| size.parse().expect("BENCH_SCALE_GROWTH: whole numbers"))
+            .collect(),
             only: list("BENCH_ONLY", ""),
             bin_dir: std::env::var_os("BENCH_BIN_DIR")
                 .map(PathBuf::from)
@@ -147,6 +168,17 @@ impl Settings {
             format!("BENCH_EVENTS={}", self.events),
             format!("BENCH_SKIP_LAMBDA={}", u8::from(self.skip_lambda)),
             format!("BENCH_QUIET_WAIT_SECS={}", self.quiet_wait.as_secs()),
+            format!("BENCH_SCALE_USERS={}", self.scale_users),
+            format!("BENCH_SCALE_APPLICATIONS={}", self.scale_applications),
+            format!("BENCH_SCALE_EVENTS={}", self.scale_events),
+            format!(
+                "BENCH_SCALE_GROWTH={}",
+                self.scale_growth
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             format!("BENCH_ONLY={}", self.only.join(",")),
         ]
     }

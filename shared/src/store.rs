@@ -5,7 +5,11 @@
 //! field they might lack is optional and every field they wrote differently
 //! (the password as BSON binary) is read in both forms.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use futures_util::TryStreamExt as _;
 use mongodb::{
@@ -229,9 +233,16 @@ pub struct AnalyticsDoc {
     pub event: String,
     pub timestamp: DateTime,
     pub received_at: DateTime,
+    /// Set while the event is stored but not yet counted in `analytics_counters`;
+    /// a redelivered copy of a pending event is counted (once), of a counted one never.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
-/// What `GET /analytics` reports; every count is computed by the database.
+/// What `GET /analytics` reports.
+///
+/// Summed from `analytics_counters` (one small document per user), never from
+/// the events themselves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnalyticsSummary {
     pub total_events: u64,
@@ -248,6 +259,12 @@ pub struct AnalyticsSummary {
 pub const LOGIN_MARKER: &str = "logged in";
 pub const FINANCING_CHECK_MARKER: &str = "checked financing options";
 
+/// How long a process serves the financing options from memory: they change
+/// only when an operator seeds them.
+pub const FINANCING_OPTIONS_TTL: Duration = Duration::from_secs(5);
+
+type Cached<T> = Arc<Mutex<Option<(Instant, T)>>>;
+
 /// The database and its typed collections.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -259,7 +276,16 @@ pub struct Store {
     pub selections: Collection<Document>,
     pub outbox: Collection<OutboxRecord>,
     pub analytics: Collection<AnalyticsDoc>,
+    /// One document per user: `_id` the username, `events`, `logins`,
+    /// `financing_checks`, `types` {type: count}, and `recent`, the ids of
+    /// events being counted (empty between batches).
+    pub analytics_counters: Collection<Document>,
+    options_cache: Cached<Vec<serde_json::Value>>,
+    counter_locks: Arc<[tokio::sync::Mutex<()>; COUNTER_LOCKS]>,
 }
+
+/// Stripes of the per-user lock around counter updates (see [`Store::record_analytics`]).
+const COUNTER_LOCKS: usize = 64;
 
 impl Store {
     /// Builds the client (no I/O happens until the first operation).
@@ -301,6 +327,9 @@ impl Store {
             selections: db.collection("user_financing_selections"),
             outbox: db.collection("outbox"),
             analytics: db.collection("user_analytics"),
+            analytics_counters: db.collection("analytics_counters"),
+            options_cache: Arc::default(),
+            counter_locks: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
             db,
         }
     }
@@ -344,6 +373,14 @@ impl Store {
             .await
             .map_err(|source| IndexError::Create {
                 collection: "outbox",
+                source,
+            })?;
+        // The consumer looks up a user's pending events when a copy is redelivered.
+        self.analytics
+            .create_index(index(doc! { "username": 1 }).build())
+            .await
+            .map_err(|source| IndexError::Create {
+                collection: "user_analytics",
                 source,
             })?;
         Ok(())
@@ -577,6 +614,19 @@ impl Store {
         Ok(counts)
     }
 
+    /// Every financing option as [`Store::financing_options`] reads them, served
+    /// from this process's memory for [`FINANCING_OPTIONS_TTL`] after each read.
+    pub async fn financing_options_cached(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        if let Some((at, options)) = self.options_cache.lock().unwrap().as_ref()
+            && at.elapsed() < FINANCING_OPTIONS_TTL
+        {
+            return Ok(options.clone());
+        }
+        let options = self.financing_options().await?;
+        *self.options_cache.lock().unwrap() = Some((Instant::now(), options.clone()));
+        Ok(options)
+    }
+
     /// Every financing option, in insertion order, as JSON.
     pub async fn financing_options(&self) -> Result<Vec<serde_json::Value>, StoreError> {
         let cursor = self
@@ -665,17 +715,42 @@ impl Store {
     }
 
     /// One page of every application, ordered by `_id` so pages never overlap.
+    ///
+    /// Keyset paging: the page is an `_id` range read from the `_id` index
+    /// (`_id >= first`, `limit per_page`), never a skip over documents. Page N's
+    /// first key is found by skipping N-1 pages of `_id` index keys in a covered
+    /// query (no document is read); page 1 needs no key. `total_items` is the
+    /// collection's count from its metadata (`estimatedDocumentCount`), since
+    /// counting every document would cost what the skip saves.
     pub async fn page_applications(
         &self,
         page: PageRequest,
     ) -> Result<ApplicationsPage, StoreError> {
-        let total_items = self.applications.count_documents(doc! {}).await?;
-        let data = self
-            .applications
-            .clone_with_type::<Document>()
-            .find(doc! {})
+        let total_items = self.applications.estimated_document_count().await?;
+        let documents = self.applications.clone_with_type::<Document>();
+        let mut filter = doc! {};
+        if page.skip() > 0 {
+            let first = documents
+                .find_one(doc! {})
+                .sort(doc! { "_id": 1 })
+                .skip(page.skip())
+                .projection(doc! { "_id": 1 })
+                .await?;
+            match first.and_then(|first| first.get("_id").cloned()) {
+                Some(first) => filter = doc! { "_id": { "$gte": first } },
+                None => {
+                    return Ok(ApplicationsPage {
+                        data: Vec::new(),
+                        total_pages: page.total_pages(total_items),
+                        current_page: page.page,
+                        total_items,
+                    });
+                }
+            }
+        }
+        let data = documents
+            .find(filter)
             .sort(doc! { "_id": 1 })
-            .skip(page.skip())
             .limit(i64::try_from(page.per_page).unwrap_or(i64::MAX))
             .await?
             .map_ok(|doc| to_json(Bson::Document(doc)))
@@ -727,9 +802,246 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Summarises `user_analytics` with aggregations whose results grow with the
-    /// number of users and types, never with the number of events.
+    /// Stores events (see [`Store::insert_analytics`]) and counts each one
+    /// exactly once in `analytics_counters`; `true` for each event that was new.
+    ///
+    /// Three writes per user, each safe to repeat: the events go in marked
+    /// `pending`; the user's counters are incremented together with pushing the
+    /// events' ids onto the counter document's `recent`, in one update that
+    /// matches only while none of those ids is there (so a repeat is a no-op);
+    /// then the events lose their mark and the ids leave `recent`. A crash
+    /// anywhere leaves the message unacknowledged; its redelivery finds the
+    /// event stored and still pending, and counts it unless `recent` shows it
+    /// counted. A redelivery of a counted event is counted never.
+    ///
+    /// A user's counter updates are serialised within the process: FerretDB
+    /// 1.24 applies an update by reading the document and writing it back whole,
+    /// so two concurrent `$inc`s on one document can lose one (MongoDB applies
+    /// each atomically). Several consumer processes on FerretDB could still
+    /// race; on MongoDB they cannot.
+    pub async fn record_analytics(
+        &self,
+        events: &[&AnalyticsDoc],
+    ) -> Result<Vec<bool>, StoreError> {
+        let inserted = self.insert_analytics(events).await?;
+        let mut by_user: BTreeMap<&str, (Vec<&AnalyticsDoc>, Vec<&AnalyticsDoc>)> = BTreeMap::new();
+        for (event, new) in events.iter().zip(&inserted) {
+            let (fresh, seen) = by_user.entry(event.username.as_str()).or_default();
+            if *new {
+                fresh.push(event)
+            } else {
+                seen.push(event)
+            }
+        }
+        for (user, (mut to_count, seen)) in by_user {
+            let stripe = {
+                use std::hash::Hasher as _;
+                let mut hasher = std::hash::DefaultHasher::new();
+                hasher.write(user.as_bytes());
+                hasher.finish() as usize % COUNTER_LOCKS
+            };
+            let _serialised = self.counter_locks[stripe].lock().await;
+            if !seen.is_empty() {
+                let pending: HashSet<String> = self
+                    .analytics
+                    .clone_with_type::<Document>()
+                    .find(doc! { "username": user, "pending": true })
+                    .projection(doc! { "_id": 1 })
+                    .await?
+                    .try_filter_map(
+                        |doc| async move { Ok(doc.get_str("_id").ok().map(str::to_owned)) },
+                    )
+                    .try_collect()
+                    .await?;
+                // A copy of an event new in this same batch is pending too: count it once.
+                let fresh: HashSet<&str> = to_count.iter().map(|event| event.id.as_str()).collect();
+                let mut again: Vec<&AnalyticsDoc> = seen
+                    .iter()
+                    .copied()
+                    .filter(|event| {
+                        pending.contains(&event.id) && !fresh.contains(event.id.as_str())
+                    })
+                    .collect();
+                again.sort_by(|a, b| a.id.cmp(&b.id));
+                again.dedup_by(|a, b| a.id == b.id);
+                to_count.extend(again);
+            }
+            self.count_events(user, &to_count).await?;
+            if !to_count.is_empty() {
+                let counted: Vec<&str> = to_count.iter().map(|event| event.id.as_str()).collect();
+                self.analytics
+                    .update_many(
+                        doc! { "username": user, "pending": true, "_id": { "$in": &counted } },
+                        doc! { "$unset": { "pending": "" } },
+                    )
+                    .await?;
+            }
+            let ids: Vec<&str> = to_count
+                .iter()
+                .chain(&seen)
+                .map(|event| event.id.as_str())
+                .collect();
+            // $pullAll: FerretDB 1.24 ignores $pull with an {$in: ...} condition.
+            self.analytics_counters
+                .update_one(
+                    doc! { "_id": user, "recent": { "$in": &ids } },
+                    doc! { "$pullAll": { "recent": &ids } },
+                )
+                .await?;
+        }
+        Ok(inserted)
+    }
+
+    /// Adds `events` (all of `user`) to the user's counters, skipping any whose
+    /// id is in `recent`, i.e. already added by an earlier attempt.
+    async fn count_events(&self, user: &str, events: &[&AnalyticsDoc]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if self.add_to_counters(user, events).await? {
+            return Ok(());
+        }
+        // Some were counted already: one at a time, each skipped if it was.
+        for event in events {
+            self.add_to_counters(user, &[event]).await?;
+        }
+        Ok(())
+    }
+
+    /// One conditional update; `false` when some id of `events` is in `recent`.
+    async fn add_to_counters(
+        &self,
+        user: &str,
+        events: &[&AnalyticsDoc],
+    ) -> Result<bool, StoreError> {
+        let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
+        let mut increments = Document::new();
+        let mut add = |key: String, n: i64| {
+            let total = increments.get_i64(&key).unwrap_or(0) + n;
+            increments.insert(key, total);
+        };
+        for event in events {
+            add("events".into(), 1);
+            add(format!("types.{}", event.kind), 1);
+            add(
+                "logins".into(),
+                i64::from(event.event.contains(LOGIN_MARKER)),
+            );
+            add(
+                "financing_checks".into(),
+                i64::from(event.event.contains(FINANCING_CHECK_MARKER)),
+            );
+        }
+        // The upsert creates a missing document; on an existing one whose
+        // `recent` holds an id the filter fails, the upsert's insert hits the
+        // `_id`, and that duplicate key means "already counted".
+        match self
+            .analytics_counters
+            .update_one(
+                doc! { "_id": user, "recent": { "$nin": &ids } },
+                doc! { "$inc": increments, "$push": { "recent": { "$each": &ids } } },
+            )
+            .upsert(true)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if is_duplicate_key(&err) => Ok(false),
+            Err(err) => Err(StoreError(err)),
+        }
+    }
+
+    /// The summary from `analytics_counters`: one read of a document per user.
     pub async fn analytics_summary(&self) -> Result<AnalyticsSummary, StoreError> {
+        let mut summary = AnalyticsSummary::default();
+        let mut counters = self
+            .analytics_counters
+            .find(doc! {})
+            .projection(doc! { "recent": 0 })
+            .await?;
+        while let Some(counter) = counters.try_next().await? {
+            let user = counter.get_str("_id").unwrap_or("unknown").to_owned();
+            let count = |key: &str| counter.get(key).and_then(as_u64).unwrap_or(0);
+            summary.total_events += count("events");
+            for (key, n) in [
+                ("logins", &mut summary.logins_per_user),
+                ("financing_checks", &mut summary.financing_checks_per_user),
+            ] {
+                let value = count(key);
+                if value > 0 {
+                    *n.entry(user.clone()).or_default() += value;
+                }
+            }
+            if let Ok(types) = counter.get_document("types") {
+                for (kind, n) in types {
+                    *summary.events_per_type.entry(kind.clone()).or_default() +=
+                        as_u64(n).unwrap_or(0);
+                }
+            }
+        }
+        summary.total_logins = summary.logins_per_user.values().sum();
+        summary.total_financing_option_checks = summary.financing_checks_per_user.values().sum();
+        Ok(summary)
+    }
+
+    /// Replaces `analytics_counters` with counts taken from every stored event,
+    /// by the original's substring rules: the one-time seed for events the
+    /// original wrote, and the repair if counters are ever in doubt. Run it
+    /// while no consumer is recording. Returns the summary it stored.
+    pub async fn rebuild_analytics_counters(&self) -> Result<AnalyticsSummary, StoreError> {
+        let mut users: BTreeMap<String, Document> = BTreeMap::new();
+        let mut per_user_type = self
+            .analytics
+            .aggregate([doc! { "$group": {
+                "_id": { "user": "$username", "type": "$type" },
+                "count": { "$sum": 1 },
+            } }])
+            .await?;
+        while let Some(group) = per_user_type.try_next().await? {
+            let key = group.get_document("_id").ok();
+            let user = key
+                .and_then(|key| key.get_str("user").ok())
+                .unwrap_or("unknown");
+            let kind = key
+                .and_then(|key| key.get_str("type").ok())
+                .unwrap_or("untyped");
+            let n = group.get("count").and_then(as_u64).unwrap_or(0) as i64;
+            let counter = users.entry(user.to_owned()).or_insert_with(|| {
+                doc! { "_id": user, "events": 0_i64, "logins": 0_i64, "financing_checks": 0_i64, "types": {}, "recent": [] }
+            });
+            let events = counter.get_i64("events").unwrap_or(0) + n;
+            counter.insert("events", events);
+            let types = counter.get_document_mut("types").expect("inserted above");
+            let previous = types.get_i64(kind).unwrap_or(0);
+            types.insert(kind, previous + n);
+        }
+        for (key, marker) in [
+            ("logins", LOGIN_MARKER),
+            ("financing_checks", FINANCING_CHECK_MARKER),
+        ] {
+            for (user, n) in self.count_by("$username", Some(marker), "unknown").await? {
+                if let Some(counter) = users.get_mut(&user) {
+                    counter.insert(key, n as i64);
+                }
+            }
+        }
+        self.analytics_counters.delete_many(doc! {}).await?;
+        if !users.is_empty() {
+            self.analytics_counters
+                .insert_many(users.into_values())
+                .await?;
+        }
+        self.analytics
+            .update_many(
+                doc! { "pending": true },
+                doc! { "$unset": { "pending": "" } },
+            )
+            .await?;
+        self.analytics_summary().await
+    }
+
+    /// The summary computed from every stored event (four scans): what the
+    /// counters must always equal, and what `GET /analytics` computed before them.
+    pub async fn analytics_summary_from_events(&self) -> Result<AnalyticsSummary, StoreError> {
         let logins_per_user = self
             .count_by("$username", Some(LOGIN_MARKER), "unknown")
             .await?;

@@ -161,6 +161,9 @@ async fn events_the_original_wrote_count_by_the_originals_substring_rules() {
         ])
         .await
         .unwrap();
+    // What `finapp-admin rebuild-analytics` does once when the bundle takes
+    // over the original's database: seed the counters from its events.
+    app.deps.store.rebuild_analytics_counters().await.unwrap();
 
     let summary = analytics(&app, &admin).await;
 

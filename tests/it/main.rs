@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth_rules;
+mod database;
 mod drop_in;
 mod events;
 mod finance;

@@ -181,6 +181,18 @@ fn notify_consumer(env: &TestEnv) -> Process {
     Process::spawn(command)
 }
 
+/// The `i`th event of the stream: three users, each logging in, checking
+/// financing options and applying in turn.
+fn stream_event(i: usize) -> Event {
+    let user = ["stream_ann", "stream_bob", "stream_cy"][i % 3];
+    let message = match (i / 3) % 3 {
+        0 => format!("User {user} logged in ({i})"),
+        1 => format!("User {user} checked financing options ({i})"),
+        _ => format!("User {user} applied ({i})"),
+    };
+    Event::new(EventType::UserActivity, user, message)
+}
+
 #[tokio::test]
 async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_once() {
     const EVENTS: usize = 2_400;
@@ -195,18 +207,14 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
     let publisher = tokio::spawn({
         let deps = deps.clone();
         async move {
-            let token = deps.tokens.issue("stream_user", Role::User);
-            let mut ids = HashSet::with_capacity(EVENTS);
+            let mut events = Vec::with_capacity(EVENTS);
             for i in 0..EVENTS {
-                let event = Event::new(
-                    EventType::UserActivity,
-                    "stream_user",
-                    format!("User stream_user logged in ({i})"),
-                );
-                ids.insert(event.id.to_string());
+                let event = stream_event(i);
+                let token = deps.tokens.issue(&event.username, Role::User);
                 deps.events.emit(&event, &token).await;
+                events.push(event);
             }
-            ids
+            events
         }
     });
 
@@ -228,7 +236,8 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
     consumer
         .wait_for_line("\"consuming\"", Duration::from_secs(10))
         .await;
-    let published = publisher.await.unwrap();
+    let events = publisher.await.unwrap();
+    let published: HashSet<String> = events.iter().map(|event| event.id.to_string()).collect();
     assert_eq!(published.len(), EVENTS);
     finapp_tests::wait_for(
         "every event recorded after the restart",
@@ -244,8 +253,49 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
         (env.queue_depth(&queue).await == 0).then_some(())
     })
     .await;
+
+    // A batch delivered again (as a relay or a broker redelivery would): the
+    // first 500 events, published a second time with their own ids.
+    for event in &events[..500] {
+        let token = deps.tokens.issue(&event.username, Role::User);
+        deps.events.emit(event, &token).await;
+    }
+    finapp_tests::wait_for("the copies drained", Duration::from_secs(30), || async {
+        (env.queue_depth(&queue).await == 0).then_some(())
+    })
+    .await;
+    // SIGTERM lets in-flight batches finish and be acknowledged first.
     consumer.signal(Signal::SIGTERM);
     consumer.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(env.queue_depth(&queue).await, 0, "copies left unconsumed");
+
+    // The counters /analytics reads equal a count of the stored events, and
+    // both equal the stream as published, by the substring rules.
+    let mut expected = finapp_shared::store::AnalyticsSummary {
+        total_events: EVENTS as u64,
+        events_per_type: [("user_activity".to_string(), EVENTS as u64)].into(),
+        ..Default::default()
+    };
+    for event in &events {
+        let user = event.username.clone();
+        if event.message.contains("logged in") {
+            expected.total_logins += 1;
+            *expected.logins_per_user.entry(user.clone()).or_default() += 1;
+        }
+        if event.message.contains("checked financing options") {
+            expected.total_financing_option_checks += 1;
+            *expected.financing_checks_per_user.entry(user).or_default() += 1;
+        }
+    }
+    let counted = deps.store.analytics_summary().await.unwrap();
+    assert_eq!(
+        counted, expected,
+        "the counters drifted through the kill and the copies"
+    );
+    assert_eq!(
+        deps.store.analytics_summary_from_events().await.unwrap(),
+        expected
+    );
     let recorded: Vec<String> = env
         .db()
         .await

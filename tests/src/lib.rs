@@ -32,8 +32,18 @@ use tokio::{
     process::{Child, Command},
 };
 
+/// The MongoDB server `scripts/services.sh` starts; `FINAPP_TEST_MONGODB_URI`
+/// points the tests at another (a second FerretDB, a real MongoDB).
 pub const MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
 pub const RABBITMQ_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The MongoDB URI the tests use: `FINAPP_TEST_MONGODB_URI`, else [`MONGODB_URI`].
+pub fn mongodb_uri() -> String {
+    std::env::var("FINAPP_TEST_MONGODB_URI")
+        .ok()
+        .filter(|uri| !uri.is_empty())
+        .unwrap_or_else(|| MONGODB_URI.to_owned())
+}
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -85,7 +95,7 @@ impl TestEnv {
             bcrypt_cost,
             rabbitmq_uri: RABBITMQ_URI.into(),
             queue_type: None,
-            mongodb_uri: MONGODB_URI.into(),
+            mongodb_uri: mongodb_uri(),
         }
     }
 

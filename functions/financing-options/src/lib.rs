@@ -17,6 +17,8 @@ pub fn router(deps: Arc<Deps>) -> Router {
 }
 
 /// Every financing option, `_id` as a string.
+///
+/// Served from this process's memory for a few seconds after each read.
 #[utoipa::path(get, path = "/financing-options", tag = "finance", security(("bearer" = [])), responses(
         (status = 200, description = "The options", body = Vec<Object>),
         (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
@@ -27,5 +29,5 @@ pub async fn financing_options(
     State(deps): State<Arc<Deps>>,
     user: AuthUser,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
-    Ok(axum::Json(deps.store.financing_options().await?))
+    Ok(axum::Json(deps.store.financing_options_cached().await?))
 }

@@ -76,8 +76,8 @@ pub async fn process(deps: &Deps, message: Incoming<'_>) -> Result<Outcome, Stor
     Ok(outcomes.pop().unwrap_or(Outcome::Duplicate))
 }
 
-/// Checks every message and records the acceptable ones with a single write;
-/// one outcome per message, in order. `Err` means the database failed: retry
+/// Checks every message and records the acceptable ones with one insert (and
+/// the counters' updates, a few per user); one outcome per message, in order. `Err` means the database failed: retry
 /// the whole batch (the write is idempotent, so nothing is counted twice).
 pub async fn process_batch(
     deps: &Deps,
@@ -88,7 +88,7 @@ pub async fn process_batch(
         .map(|message| analytics_doc(deps, *message))
         .collect();
     let docs: Vec<&AnalyticsDoc> = checked.iter().filter_map(|doc| doc.as_ref().ok()).collect();
-    let mut inserted = deps.store.insert_analytics(&docs).await?.into_iter();
+    let mut inserted = deps.store.record_analytics(&docs).await?.into_iter();
     Ok(checked
         .iter()
         .map(|doc| match doc {
@@ -132,6 +132,7 @@ pub fn analytics_doc(deps: &Deps, message: Incoming<'_>) -> Result<AnalyticsDoc,
             event: text.to_owned(),
             timestamp: now,
             received_at: now,
+            pending: true,
         });
     }
 
@@ -158,6 +159,7 @@ pub fn analytics_doc(deps: &Deps, message: Incoming<'_>) -> Result<AnalyticsDoc,
         event: event.message,
         timestamp: DateTime::from_millis(event.timestamp_ms),
         received_at: now,
+        pending: true,
     })
 }
 

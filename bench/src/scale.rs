@@ -1,0 +1,532 @@
+//! The `scale` scenario: the read routes and `/apply` on a database of real
+//! size (by default 1,000 users, 100,000 applications, 1,000,000 analytics
+//! events), each against its DB ceiling at that size in the same run, and the
+//! growth curve of `/status` at 1k, 10k and 100k applications.
+//!
+//! Seeding is bulk (`insert_many` of 10,000 documents at a time). The probe
+//! users whose tokens wrk sends each hold [`PROBE_APPLICATIONS`] applications
+//! at every size, so the curve shows what the collection's size costs, not a
+//! longer answer; the rest belong to filler users.
+
+use std::{fmt::Write as _, sync::Arc, time::Instant};
+
+use finapp_shared::{
+    auth::{Role, TokenKeys},
+    events::Events,
+    finance::PageRequest,
+    store::{FINANCING_CHECK_MARKER, LOGIN_MARKER, Store},
+};
+use mongodb::bson::{DateTime, Document, doc};
+use secrecy::ExposeSecret as _;
+
+use crate::{
+    ceilings,
+    error::Result,
+    fixture::{Space, mongo, prepare},
+    scenarios::Bench,
+    stats::Figure,
+    wrk::Script,
+};
+
+/// The function binaries this scenario runs.
+pub const FUNCTIONS: [&str; 5] = [
+    "status",
+    "dashboard-info",
+    "admin-applications",
+    "analytics",
+    "apply",
+];
+
+/// Applications of each probe user, at every size.
+pub const PROBE_APPLICATIONS: usize = 25;
+const PROBE_USERS: usize = 16;
+const BATCH: usize = 10_000;
+const PER_PAGE: u64 = 10;
+const DEEP_PAGE: u64 = 1_000;
+
+/// One route at the full size: wrk against the function, and the same
+/// database work from the bench's own tasks.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub route: String,
+    pub achieved: Figure,
+    pub ceiling: Figure,
+}
+
+#[derive(Clone, Debug)]
+pub struct GrowthPoint {
+    pub applications: usize,
+    pub achieved: Figure,
+    pub ceiling: Figure,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scale {
+    pub users: usize,
+    pub applications: usize,
+    pub events: usize,
+    pub seed_secs: f64,
+    pub duration_secs: u64,
+    pub connections: usize,
+    pub rows: Vec<Row>,
+    pub growth: Vec<GrowthPoint>,
+    /// One `/analytics` computed as before the counters (four scans of the
+    /// events), timed once; `None` if it took longer than [`BEFORE_TIMEOUT`].
+    pub analytics_before: Option<std::time::Duration>,
+}
+
+const BEFORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// A space seeded with `applications` applications (16 probe users with 25
+/// each, the rest spread over `users` filler users) and `events` events with
+/// their counters; returns the store and the probe users.
+async fn seed(
+    bench: &Bench<'_>,
+    purpose: &str,
+    users: usize,
+    applications: usize,
+    events: usize,
+) -> Result<(Space, Store, Vec<String>)> {
+    let space = Space::new(&bench.fixture.run, purpose);
+    let store = prepare(&bench.fixture.config_in(&space)?).await?;
+    let now = DateTime::now();
+    let probes: Vec<String> = (0..PROBE_USERS).map(|i| format!("probe_{i:02}")).collect();
+    let application = |i: usize, user: &str| {
+        let status = ["pending", "approved", "denied"][i % 3];
+        doc! {
+            "loan_types": ["personal"], "amount": 15_000.0 + i as f64, "purpose": "Car purchase",
+            "status": status, "submitted_by": user, "submitted_at": now,
+            "status_history": [{ "status": "pending", "by": user, "at": now }],
+        }
+    };
+    let documents = store.applications.clone_with_type::<Document>();
+    let probe_count = (PROBE_USERS * PROBE_APPLICATIONS).min(applications);
+    let all: Vec<Document> = (0..applications)
+        .map(|i| {
+            if i < probe_count {
+                application(i, &probes[i % PROBE_USERS])
+            } else {
+                application(i, &format!("user_{:04}", i % users.max(1)))
+            }
+        })
+        .collect();
+    for chunk in all.chunks(BATCH) {
+        documents.insert_many(chunk).await?;
+    }
+    // Users: the filler users and one admin (the admin routes look the caller up).
+    let people: Vec<Document> = (0..users)
+        .map(|i| doc! { "username": format!("user_{i:04}"), "password": "x" })
+        .collect();
+    for chunk in people.chunks(BATCH) {
+        store
+            .users
+            .clone_with_type::<Document>()
+            .insert_many(chunk)
+            .await?;
+    }
+    store
+        .upsert_admin("scale_admin", "x")
+        .await
+        .map_err(mongo)?;
+    if events > 0 {
+        seed_events(&store, users, events).await?;
+    }
+    Ok((space, store, probes))
+}
+
+/// `events` events in the original's shape plus a type, a third logins and a
+/// third financing checks, and the counters they make (what the consumer
+/// would have written; `rebuild_analytics_counters` gives the same).
+async fn seed_events(store: &Store, users: usize, events: usize) -> Result<()> {
+    let now = DateTime::now();
+    let analytics = store.analytics.clone_with_type::<Document>();
+    let mut counters: Vec<(i64, i64, i64)> = vec![(0, 0, 0); users];
+    let mut batch = Vec::with_capacity(BATCH);
+    for i in 0..events {
+        let u = i % users;
+        let text = match i % 3 {
+            0 => format!("User user_{u:04} {LOGIN_MARKER}"),
+            1 => format!("User user_{u:04} {FINANCING_CHECK_MARKER}"),
+            _ => format!("Application by user_{u:04} for 1000.0"),
+        };
+        counters[u].0 += 1;
+        counters[u].1 += i64::from(i % 3 == 0);
+        counters[u].2 += i64::from(i % 3 == 1);
+        batch.push(doc! {
+            "_id": format!("seed-{i}"), "event_id": format!("seed-{i}"), "type": "user_activity",
+            "username": format!("user_{u:04}"), "event": text, "timestamp": now, "received_at": now,
+        });
+        if batch.len() == BATCH {
+            analytics.insert_many(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        analytics.insert_many(batch).await?;
+    }
+    let docs: Vec<Document> = counters
+        .iter()
+        .enumerate()
+        .map(|(u, (n, logins, checks))| {
+            doc! { "_id": format!("user_{u:04}"), "events": n, "logins": logins,
+            "financing_checks": checks, "types": { "user_activity": n }, "recent": [] }
+        })
+        .collect();
+    store.analytics_counters.insert_many(docs).await?;
+    Ok(())
+}
+
+impl Bench<'_> {
+    pub fn scale(&mut self) -> Result<Scale> {
+        let settings = self.settings;
+        let (users, applications, events) = (
+            settings.scale_users,
+            settings.scale_applications,
+            settings.scale_events,
+        );
+        let started = Instant::now();
+        eprintln!("[bench] seeding {users} users, {applications} applications, {events} events");
+        let (space, store, probes) =
+            self.runtime
+                .block_on(seed(self, "scale", users, applications, events))?;
+        let seed_secs = started.elapsed().as_secs_f64();
+        eprintln!("[bench] seeded in {seed_secs:.0} s");
+        let keys = TokenKeys::new(&self.fixture.config_in(&space)?);
+        let tokens: Vec<String> = probes
+            .iter()
+            .map(|user| keys.issue(user, Role::User).expose_secret().to_owned())
+            .collect();
+        let admin = vec![
+            keys.issue("scale_admin", Role::Admin)
+                .expose_secret()
+                .to_owned(),
+        ];
+        let writers: Vec<String> = (0..PROBE_USERS)
+            .map(|i| format!("scale_writer_{i:02}"))
+            .collect();
+        let writer_tokens: Vec<String> = writers
+            .iter()
+            .map(|user| keys.issue(user, Role::User).expose_secret().to_owned())
+            .collect();
+
+        let concurrency = settings.connections;
+        let duration = settings.duration;
+        let mut rows = Vec::new();
+        type Ceiling<'a> = Box<dyn Fn() -> Figure + 'a>;
+        let rt = self.runtime;
+        let page = |n: u64| PageRequest {
+            page: n,
+            per_page: PER_PAGE,
+        };
+        let routes: Vec<(&str, &str, String, Script, Ceiling)> = vec![
+            (
+                "GET /status",
+                "status",
+                "/status".into(),
+                Script::get("/status").with_tokens(&tokens),
+                {
+                    let (store, probes) = (store.clone(), probes.clone());
+                    Box::new(move || {
+                        rt.block_on(ceilings::status_queries(
+                            &store,
+                            &probes,
+                            concurrency,
+                            duration,
+                        ))
+                    })
+                },
+            ),
+            (
+                "GET /dashboard-info",
+                "dashboard-info",
+                "/dashboard-info".into(),
+                Script::get("/dashboard-info").with_tokens(&tokens),
+                {
+                    let (store, probes) = (store.clone(), Arc::new(probes.clone()));
+                    Box::new(move || {
+                        let (store, probes) = (store.clone(), probes.clone());
+                        rt.block_on(ceilings::closed_loop(
+                            concurrency,
+                            duration,
+                            move |task, i| {
+                                let (store, user) =
+                                    (store.clone(), probes[(task + i) % probes.len()].clone());
+                                async move { store.status_counts(&user).await.is_ok() }
+                            },
+                        ))
+                    })
+                },
+            ),
+            (
+                "GET /admin/applications page 1",
+                "admin-applications",
+                "/admin/applications?page=1&per_page=10".into(),
+                Script::get("/admin/applications?page=1&per_page=10").with_tokens(&admin),
+                {
+                    let store = store.clone();
+                    Box::new(move || admin_ceiling(rt, &store, page(1), concurrency, duration))
+                },
+            ),
+            (
+                "GET /admin/applications page 1,000",
+                "admin-applications",
+                "/admin/applications?page=1000&per_page=10".into(),
+                Script::get("/admin/applications?page=1000&per_page=10").with_tokens(&admin),
+                {
+                    let store = store.clone();
+                    Box::new(move || {
+                        admin_ceiling(rt, &store, page(DEEP_PAGE), concurrency, duration)
+                    })
+                },
+            ),
+            (
+                "GET /analytics",
+                "analytics",
+                "/analytics".into(),
+                Script::get("/analytics").with_tokens(&admin),
+                {
+                    let store = store.clone();
+                    Box::new(move || {
+                        let store = store.clone();
+                        rt.block_on(ceilings::closed_loop(concurrency, duration, move |_, _| {
+                            let store = store.clone();
+                            async move {
+                                store.find_user("scale_admin").await.is_ok()
+                                    && store.analytics_summary().await.is_ok()
+                            }
+                        }))
+                    })
+                },
+            ),
+        ];
+        for (label, function, _, script, ceiling) in routes {
+            eprintln!("[bench] scale: {label}");
+            let process = self.start(function, &space)?;
+            let load = self.saturate(&process, script);
+            self.record("scale", &load, function);
+            self.warm_up(&load, function)?;
+            let ceiling = ceiling();
+            let achieved = load.run(&settings.scratch, function)?;
+            process.stop()?;
+            rows.push(Row {
+                route: label.to_owned(),
+                achieved,
+                ceiling,
+            });
+        }
+        {
+            eprintln!("[bench] scale: POST /apply");
+            let process = self.start("apply", &space)?;
+            let load = self.saturate(
+                &process,
+                Script::post("/apply", crate::scenarios::APPLY_BODY.into())
+                    .with_tokens(&writer_tokens),
+            );
+            self.record("scale", &load, "apply");
+            self.warm_up(&load, "apply")?;
+            let events = Arc::new(Events::new(
+                &self.fixture.config_in(&space)?,
+                store.outbox.clone(),
+            ));
+            let ceiling = rt.block_on(ceilings::apply_writes(
+                &store,
+                &writers,
+                &writer_tokens,
+                None,
+                concurrency,
+                duration,
+            ));
+            let achieved = load.run(&settings.scratch, "apply")?;
+            rt.block_on(events.close());
+            process.stop()?;
+            rows.push(Row {
+                route: "POST /apply".into(),
+                achieved,
+                ceiling,
+            });
+        }
+        eprintln!(
+            "[bench] scale: /analytics as before the counters (one call, up to {BEFORE_TIMEOUT:?})"
+        );
+        let before = Instant::now();
+        let analytics_before = rt
+            .block_on(async {
+                tokio::time::timeout(BEFORE_TIMEOUT, store.analytics_summary_from_events()).await
+            })
+            .ok()
+            .and_then(|summary| summary.ok())
+            .map(|_| before.elapsed());
+        let mut growth = Vec::new();
+        for &size in &settings.scale_growth {
+            let (point_space, point_store, point_probes) = if size == applications {
+                (space.clone(), store.clone(), probes.clone())
+            } else {
+                eprintln!("[bench] scale: seeding {size} applications for the growth curve");
+                rt.block_on(seed(self, &format!("growth{size}"), users, size, 0))?
+            };
+            eprintln!("[bench] scale: GET /status at {size} applications");
+            let process = self.start("status", &point_space)?;
+            let load = self.saturate(&process, Script::get("/status").with_tokens(&tokens));
+            self.warm_up(&load, "status")?;
+            let ceiling = rt.block_on(ceilings::status_queries(
+                &point_store,
+                &point_probes,
+                concurrency,
+                duration,
+            ));
+            let achieved = load.run(&settings.scratch, "status")?;
+            process.stop()?;
+            growth.push(GrowthPoint {
+                applications: size,
+                achieved,
+                ceiling,
+            });
+            if size != applications && std::env::var_os("BENCH_KEEP_DATA").is_none() {
+                let _ = rt.block_on(point_space.remove());
+            }
+        }
+        if std::env::var_os("BENCH_KEEP_DATA").is_none() {
+            let _ = rt.block_on(space.remove());
+        }
+        Ok(Scale {
+            users,
+            applications,
+            events,
+            seed_secs,
+            duration_secs: duration.as_secs(),
+            connections: concurrency,
+            rows,
+            growth,
+            analytics_before,
+        })
+    }
+}
+
+fn admin_ceiling(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    page: PageRequest,
+    concurrency: usize,
+    duration: std::time::Duration,
+) -> Figure {
+    let store = store.clone();
+    rt.block_on(ceilings::closed_loop(concurrency, duration, move |_, _| {
+        let store = store.clone();
+        async move {
+            store.find_user("scale_admin").await.is_ok()
+                && store.page_applications(page).await.is_ok()
+        }
+    }))
+}
+
+fn ms(figure: &Figure) -> String {
+    format!("{:.1}", figure.p99.as_secs_f64() * 1000.0)
+}
+
+/// The scale section of BENCHMARKS.md.
+pub fn render(scale: &Scale, date: &str, busy: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{BEGIN}\n## At real sizes (`scale`)\n");
+    let _ = writeln!(
+        out,
+        "Run on {date}: {} users, {} applications, {} analytics events in one database, seeded in {:.0} s \
+         (bulk `insert_many`). One run per figure, {} s each, wrk -c{}; each ceiling is the handler's own \
+         database work (the same `Store` calls, caller lookup included) from {} tasks of the bench process, \
+         measured just before its route. On the local default: FerretDB 1.24 on PostgreSQL. \
+         CPU busy before the run: {busy} (the machine's 2 cores were shared with other work).\n",
+        scale.users,
+        scale.applications,
+        scale.events,
+        scale.seed_secs,
+        scale.duration_secs,
+        scale.connections,
+        scale.connections
+    );
+    let _ = writeln!(
+        out,
+        "| route | req/s | p50 ms | p99 ms | ceiling q/s | ceiling p99 ms | of ceiling |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for row in &scale.rows {
+        let ratio = if row.ceiling.rps > 0.0 {
+            row.achieved.rps / row.ceiling.rps * 100.0
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {:.1} | {:.1} | {} | {:.1} | {} | {:.0}% |",
+            row.route,
+            row.achieved.rps,
+            row.achieved.p50.as_secs_f64() * 1000.0,
+            ms(&row.achieved),
+            row.ceiling.rps,
+            ms(&row.ceiling),
+            ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nGrowth of `GET /status` (each probe user holds {PROBE_APPLICATIONS} applications at every size):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| applications | req/s | p99 ms | ceiling q/s | of ceiling |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for point in &scale.growth {
+        let ratio = if point.ceiling.rps > 0.0 {
+            point.achieved.rps / point.ceiling.rps * 100.0
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {} | {:.1} | {:.0}% |",
+            point.applications,
+            point.achieved.rps,
+            ms(&point.achieved),
+            point.ceiling.rps,
+            ratio
+        );
+    }
+    let before = match scale.analytics_before {
+        Some(took) => format!("{:.1} s for one request", took.as_secs_f64()),
+        None => format!("no answer within {} s", BEFORE_TIMEOUT.as_secs()),
+    };
+    let after = scale
+        .rows
+        .iter()
+        .find(|row| row.route == "GET /analytics")
+        .map_or_else(String::new, |row| {
+            format!(
+                "p50 {:.1} ms, p99 {} ms under 16 connections",
+                row.achieved.p50.as_secs_f64() * 1000.0,
+                ms(&row.achieved)
+            )
+        });
+    let _ = writeln!(
+        out,
+        "\n`GET /analytics` at {} events: before (four scans of `user_analytics`, timed once from the bench) {before}; \
+         after (the counters) {after}.\n\n{END}",
+        scale.events
+    );
+    out
+}
+
+pub const BEGIN: &str = "<!-- scale:begin (written by finapp-bench's scale scenario) -->";
+pub const END: &str = "<!-- scale:end -->";
+
+/// `report` with its scale section replaced by `section` (appended when absent).
+pub fn splice(report: &str, section: &str) -> String {
+    match (report.find(BEGIN), report.find(END)) {
+        (Some(begin), Some(end)) if end > begin => {
+            format!(
+                "{}{}{}",
+                &report[..begin],
+                section.trim_end(),
+                &report[end + END.len()..]
+            )
+        }
+        _ => format!("{}\n\n{}", report.trim_end(), section),
+    }
+}
