@@ -53,6 +53,8 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Built into $STATE/bin and rebuilt whenever tools/ferretdb changes, so an
 # older build (one without the postgresql handler, say) is never started.
 FERRETDB_BIN="$STATE/bin/finapp-ferretdb"
+# Tests start private FerretDB instances of their own with this binary.
+export FINAPP_FERRETDB_BIN="$FERRETDB_BIN"
 install_ferretdb() {
   local stamp
   stamp="$(cat "$ROOT"/tools/ferretdb/{main.go,go.mod,go.sum} | sha256sum | cut -d' ' -f1)"

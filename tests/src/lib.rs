@@ -700,9 +700,14 @@ impl PrivateFerret {
 
     /// Starts it again on the same port and data.
     pub async fn resume(&mut self) {
-        let mut command = Command::new("finapp-ferretdb");
+        // scripts/services.sh builds it and says where; SQLite needs no server of its own.
+        let binary = std::env::var_os("FINAPP_FERRETDB_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join(".dev/bin/finapp-ferretdb"));
+        let mut command = Command::new(binary);
         command
             .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
+            .arg("--handler=sqlite")
             .arg(format!("--sqlite-url=file:{}/", self.dir.display()));
         self.process = Some(Process::spawn(command));
         let port = self.port;
