@@ -199,10 +199,14 @@ pub async fn inequivalent_queues(config: &Config) -> Result<Vec<String>, lapin::
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Migrated {
     pub passwords_hashed: u64,
+    /// Events the analytics counters were seeded from.
+    pub events_counted: u64,
 }
 
-/// Hashes plaintext passwords and builds the indexes. Refuses, changing
-/// nothing, while duplicate usernames or selections remain.
+/// Hashes plaintext passwords, builds the indexes, and seeds the analytics
+/// counters from the events already stored (the original's count by its
+/// substring rules). Refuses, changing nothing, while duplicate usernames or
+/// selections remain. Run it before the bundle's consumer starts.
 pub async fn migrate(store: &Store, passwords: &Passwords) -> Result<Migrated, AdminError> {
     for (collection, field, plural) in [
         ("users", "username", "usernames"),
@@ -252,6 +256,7 @@ pub async fn migrate(store: &Store, passwords: &Passwords) -> Result<Migrated, A
         .ensure_indexes()
         .await
         .map_err(|err| AdminError::Invalid(err.to_string()))?;
+    migrated.events_counted = store.rebuild_analytics_counters().await?.total_events;
     Ok(migrated)
 }
 

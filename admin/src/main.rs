@@ -79,8 +79,9 @@ async fn run(args: &[String]) -> Result<String, String> {
                 .await
                 .map_err(|err| err.to_string())?;
             Ok(format!(
-                "migrated database {}: {} plaintext passwords hashed, indexes built",
-                config.mongodb_database, migrated.passwords_hashed
+                "migrated database {}: {} plaintext passwords hashed, indexes built, \
+                 analytics counted from {} stored events",
+                config.mongodb_database, migrated.passwords_hashed, migrated.events_counted
             ))
         }
         ["migrate-queues"] => {
