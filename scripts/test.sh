@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/services.sh
+# nginx, the RIE, kustomize, kube-score, the Pod Security check, podman: the
+# deployment tests and checks below need them.
+source scripts/deploy-tools.sh
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
