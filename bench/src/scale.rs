@@ -447,11 +447,7 @@ pub fn render(scale: &Scale, date: &str, busy: &str) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for row in &scale.rows {
-        let ratio = if row.ceiling.rps > 0.0 {
-            row.achieved.rps / row.ceiling.rps * 100.0
-        } else {
-            0.0
-        };
+        let ratio = percent_of(row.achieved.rps, row.ceiling.rps);
         let _ = writeln!(
             out,
             "| `{}` | {:.1} | {:.1} | {} | {:.1} | {} | {:.0}% |",
@@ -474,11 +470,7 @@ pub fn render(scale: &Scale, date: &str, busy: &str) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|");
     for point in &scale.growth {
-        let ratio = if point.ceiling.rps > 0.0 {
-            point.achieved.rps / point.ceiling.rps * 100.0
-        } else {
-            0.0
-        };
+        let ratio = percent_of(point.achieved.rps, point.ceiling.rps);
         let _ = writeln!(
             out,
             "| {} | {:.1} | {} | {:.1} | {:.0}% |",
@@ -528,5 +520,14 @@ pub fn splice(report: &str, section: &str) -> String {
             )
         }
         _ => format!("{}\n\n{}", report.trim_end(), section),
+    }
+}
+
+/// `achieved` as a percentage of `ceiling` (0 when there is no ceiling).
+fn percent_of(achieved: f64, ceiling: f64) -> f64 {
+    if ceiling > 0.0 {
+        achieved / ceiling * 100.0
+    } else {
+        0.0
     }
 }

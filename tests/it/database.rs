@@ -269,6 +269,19 @@ async fn process_all(
     process_batch(deps, &incoming).await.unwrap()
 }
 
+/// A token for each user of [`stream`], by name.
+fn stream_tokens(deps: &finapp_shared::Deps) -> BTreeMap<String, String> {
+    ["ann", "bob", "cy"]
+        .iter()
+        .map(|u| {
+            (
+                u.to_string(),
+                finapp_tests::expose(&deps.tokens.issue(u, Role::User)).to_owned(),
+            )
+        })
+        .collect()
+}
+
 fn expected_summary() -> AnalyticsSummary {
     let per_user: BTreeMap<String, u64> = ["ann", "bob", "cy"]
         .iter()
@@ -288,15 +301,7 @@ fn expected_summary() -> AnalyticsSummary {
 async fn counters_count_a_batch_once_however_often_it_is_redelivered() {
     let env = TestEnv::new();
     let deps = env.deps().await;
-    let tokens: BTreeMap<String, String> = ["ann", "bob", "cy"]
-        .iter()
-        .map(|u| {
-            (
-                u.to_string(),
-                finapp_tests::expose(&deps.tokens.issue(u, Role::User)).to_owned(),
-            )
-        })
-        .collect();
+    let tokens = stream_tokens(&deps);
     let messages = stream();
 
     let first = process_all(&deps, &messages, &tokens).await;
@@ -333,15 +338,7 @@ async fn counters_count_a_batch_once_however_often_it_is_redelivered() {
 async fn events_stored_by_a_consumer_that_crashed_before_counting_are_counted_on_redelivery() {
     let env = TestEnv::new();
     let deps = env.deps().await;
-    let tokens: BTreeMap<String, String> = ["ann", "bob", "cy"]
-        .iter()
-        .map(|u| {
-            (
-                u.to_string(),
-                finapp_tests::expose(&deps.tokens.issue(u, Role::User)).to_owned(),
-            )
-        })
-        .collect();
+    let tokens = stream_tokens(&deps);
     let messages = stream();
     // The crash: the first 20 events were stored (pending), none counted.
     let docs: Vec<AnalyticsDoc> = messages[..20]
