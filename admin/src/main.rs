@@ -8,19 +8,24 @@
 //! finapp-admin migrate                     # hash plaintext passwords, build the indexes
 //! finapp-admin migrate-queues              # the original's queues -> durable ones
 //! finapp-admin rebuild-analytics           # counters from every stored event (consumer stopped)
+//! finapp-admin unlock <username>           # end the name's failed-login window now
 //! ```
 
 use std::{io::BufRead as _, process::ExitCode};
 
 use finapp_admin::doctor::Severity;
-use finapp_shared::{auth::Passwords, store::Store};
+use finapp_shared::{
+    auth::Passwords,
+    store::{Store, ThrottleKey},
+};
 
 const USAGE: &str = "usage: finapp-admin create-admin <username>   (password on stdin)
        finapp-admin seed-financing-options
        finapp-admin doctor
        finapp-admin migrate
        finapp-admin migrate-queues
-       finapp-admin rebuild-analytics";
+       finapp-admin rebuild-analytics
+       finapp-admin unlock <username>";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,7 +46,7 @@ async fn run(args: &[String]) -> Result<String, String> {
     let command: Vec<&str> = args.iter().map(String::as_str).collect();
     if !matches!(
         command.as_slice(),
-        ["create-admin", _]
+        ["create-admin" | "unlock", _]
             | ["seed-financing-options"
                 | "doctor"
                 | "migrate"
@@ -102,6 +107,13 @@ async fn run(args: &[String]) -> Result<String, String> {
             } else {
                 lines.join("\n")
             })
+        }
+        ["unlock", username] => {
+            store
+                .clear_login_failures(ThrottleKey::User(username))
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok(format!("{username} may log in again"))
         }
         ["rebuild-analytics"] => {
             let summary = store

@@ -10,7 +10,7 @@ use std::{
 
 use finapp_shared::{
     events::{Event, EventType, Events, OutboxRecord},
-    finance::Status,
+    finance::{PageRequest, Status},
     store::{AnalyticsDoc, ApplicationDoc, StatusChange, Store},
 };
 use futures_util::TryStreamExt as _;
@@ -70,8 +70,9 @@ where
     Figure::from_latencies(latencies, started.elapsed(), errors)
 }
 
-/// The users' applications as `GET /status` reads them: the same filter and
-/// sort, the cursor drained into documents (no JSON rendering, no HTTP).
+/// The users' applications as `GET /status` reads its first page: the same
+/// filter, sort and limit (a page and one more), the cursor drained into
+/// documents (no JSON rendering, no HTTP).
 pub async fn status_queries(
     store: &Store,
     users: &[String],
@@ -80,6 +81,7 @@ pub async fn status_queries(
 ) -> Figure {
     let applications = store.applications.clone_with_type::<Document>();
     let users = Arc::new(users.to_vec());
+    let first_page = i64::try_from(PageRequest::MAX_PER_PAGE + 1).unwrap_or(i64::MAX);
     closed_loop(concurrency, duration, move |task, iteration| {
         let applications = applications.clone();
         let user = users[(task + iteration) % users.len()].clone();
@@ -87,6 +89,7 @@ pub async fn status_queries(
             let cursor = applications
                 .find(doc! { "submitted_by": user })
                 .sort(doc! { "submitted_at": -1, "_id": -1 })
+                .limit(first_page)
                 .await;
             match cursor {
                 Ok(cursor) => cursor.try_collect::<Vec<Document>>().await.is_ok(),

@@ -128,6 +128,9 @@ impl Fixture {
             .map(|i| format!("bench_writer_{i:02}"))
             .collect();
         let writer_tokens = issue(&writers);
+        // User routes refuse a token whose user does not exist.
+        insert_users(&store, &users).await?;
+        insert_users(&apply_store, &writers).await?;
 
         finapp_admin::seed_financing_options(&store)
             .await
@@ -208,6 +211,23 @@ pub async fn prepare(config: &Config) -> Result<Store> {
     Ok(store)
 }
 
+/// Stores `names` as users (with a password no login matches).
+pub async fn insert_users(store: &Store, names: &[String]) -> Result<()> {
+    let people: Vec<mongodb::bson::Document> = names
+        .iter()
+        .map(|name| mongodb::bson::doc! { "username": name, "password": "x" })
+        .collect();
+    for chunk in people.chunks(1_000) {
+        store
+            .users
+            .clone_with_type::<mongodb::bson::Document>()
+            .insert_many(chunk)
+            .await
+            .map_err(|err| Error::Setup(format!("cannot store the users: {err}")))?;
+    }
+    Ok(())
+}
+
 fn vars(space: &Space, secret: &str) -> Vec<(&'static str, String)> {
     vec![
         ("MONGODB_URI", mongodb_uri()),
@@ -215,6 +235,9 @@ fn vars(space: &Space, secret: &str) -> Vec<(&'static str, String)> {
         ("RABBITMQ_URI", RABBITMQ_URI.into()),
         ("RABBITMQ_QUEUE_PREFIX", space.queue_prefix.clone()),
         ("JWT_SECRET_KEY", secret.to_owned()),
+        // `/apply` is measured as a write path: a writer posts thousands of
+        // applications, far past the default cap on pending ones.
+        ("MAX_PENDING_APPLICATIONS", "1000000000".into()),
     ]
 }
 

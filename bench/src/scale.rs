@@ -207,6 +207,11 @@ impl Bench<'_> {
             .iter()
             .map(|user| keys.issue(user, Role::User).expose_secret().to_owned())
             .collect();
+        // User routes refuse a token whose user does not exist.
+        self.runtime.block_on(crate::fixture::insert_users(
+            &store,
+            &[probes.clone(), writers.clone()].concat(),
+        ))?;
 
         let concurrency = settings.connections;
         let duration = settings.duration;

@@ -7,12 +7,12 @@
 //! matches a real one.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -303,9 +303,92 @@ impl Passwords {
     }
 }
 
+/// Usernames this process has lately found in the database, so that a user
+/// route need not look its token's user up on every request.
+///
+/// Only presence is remembered, for `ttl`: a user deleted meanwhile keeps
+/// working for at most that long. An absent user is never remembered, so a
+/// token for a name that does not exist is refused every time.
+pub struct KnownUsers {
+    ttl: Duration,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl KnownUsers {
+    /// Most names remembered at once; when full, the expired ones are
+    /// dropped, and if none has expired, all of them.
+    pub const CAPACITY: usize = 10_000;
+
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Whether `username` was found less than `ttl` ago.
+    pub fn is_fresh(&self, username: &str) -> bool {
+        self.is_fresh_at(username, Instant::now())
+    }
+
+    /// Records that `username` was found just now.
+    pub fn remember(&self, username: &str) {
+        self.remember_at(username, Instant::now());
+    }
+
+    fn is_fresh_at(&self, username: &str, now: Instant) -> bool {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.get(username)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
+    }
+
+    fn remember_at(&self, username: &str, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.len() >= Self::CAPACITY && !seen.contains_key(username) {
+            seen.retain(|_, at| now.saturating_duration_since(*at) < self.ttl);
+            if seen.len() >= Self::CAPACITY {
+                seen.clear();
+            }
+        }
+        seen.insert(username.to_owned(), now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_user_is_trusted_for_the_ttl_only_and_the_cache_stays_bounded() {
+        let known = KnownUsers::new(Duration::from_secs(2));
+        let start = Instant::now();
+        assert!(!known.is_fresh_at("alice", start));
+        known.remember_at("alice", start);
+        assert!(known.is_fresh_at("alice", start + Duration::from_millis(1999)));
+        assert!(!known.is_fresh_at("bob", start));
+        assert!(
+            !known.is_fresh_at("alice", start + Duration::from_secs(2)),
+            "trusted past its ttl"
+        );
+
+        for i in 0..KnownUsers::CAPACITY + 10 {
+            known.remember_at(&format!("user{i}"), start);
+        }
+        assert!(known.seen.lock().unwrap().len() <= KnownUsers::CAPACITY);
+
+        let never = KnownUsers::new(Duration::ZERO);
+        never.remember("alice");
+        assert!(!never.is_fresh("alice"));
+    }
     use base64::Engine as _;
 
     fn encode_segment(bytes: &[u8]) -> String {

@@ -45,6 +45,65 @@ pub struct Config {
     pub port: u16,
     /// How much one client, or all of them, may ask of a process.
     pub limits: HttpLimits,
+    /// How much one account may hold, and how long a token's user is trusted to exist.
+    pub accounts: AccountLimits,
+    /// When failed logins make `/login` answer 429.
+    pub login_throttle: LoginThrottle,
+}
+
+/// Bounds per account, so that no one user can grow a response or the data
+/// without limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// `MAX_PENDING_APPLICATIONS`, default 100: pending applications one user
+    /// may have; one more is refused with 409 until an admin decides some.
+    pub max_pending_applications: u64,
+    /// `USER_CHECK_CACHE_MS`, default 2000 (0 = every request asks the
+    /// database): how long a process, having seen that a token's user exists,
+    /// trusts that without asking again. A deleted user's token stops working
+    /// within this long.
+    pub user_check_cache: Duration,
+}
+
+impl Default for AccountLimits {
+    fn default() -> Self {
+        Self {
+            max_pending_applications: 100,
+            user_check_cache: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Login throttling (OWASP ASVS 2.2.1): failures are counted per username and
+/// per client address in fixed windows that start at the first failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// `LOGIN_MAX_FAILURES`, default 10: failed logins for one username in a
+    /// window before that name gets 429.
+    pub max_failures_per_user: u32,
+    /// `LOGIN_MAX_FAILURES_PER_ADDRESS`, default 100: failed logins from one
+    /// client address in a window before that address gets 429.
+    pub max_failures_per_address: u32,
+    /// `LOGIN_FAILURE_WINDOW_SECS`, default 900: how long a window lasts,
+    /// and so the longest a 429 can last.
+    pub window: Duration,
+    /// `TRUSTED_PROXY_HOPS`, default 0: how many proxies in front of the
+    /// plain HTTP server append to `X-Forwarded-For` (1 behind the ingress).
+    /// The client is the address that many entries from the right; with 0 the
+    /// header is ignored and the TCP peer is the client. Lambda always uses
+    /// API Gateway's source address.
+    pub trusted_proxy_hops: usize,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        Self {
+            max_failures_per_user: 10,
+            max_failures_per_address: 100,
+            window: Duration::from_secs(900),
+            trusted_proxy_hops: 0,
+        }
+    }
 }
 
 /// The HTTP edge's bounds. Past them a request gets a fast 503 with
@@ -170,6 +229,20 @@ impl Config {
                 max_in_flight: positive(&get, "HTTP_MAX_IN_FLIGHT", 256)?,
                 max_connections: positive(&get, "HTTP_MAX_CONNECTIONS", 4096)?,
             },
+            accounts: AccountLimits {
+                max_pending_applications: positive(&get, "MAX_PENDING_APPLICATIONS", 100)?,
+                user_check_cache: Duration::from_millis(parse_number(
+                    &get,
+                    "USER_CHECK_CACHE_MS",
+                    2000,
+                )?),
+            },
+            login_throttle: LoginThrottle {
+                max_failures_per_user: positive(&get, "LOGIN_MAX_FAILURES", 10)?,
+                max_failures_per_address: positive(&get, "LOGIN_MAX_FAILURES_PER_ADDRESS", 100)?,
+                window: Duration::from_secs(positive(&get, "LOGIN_FAILURE_WINDOW_SECS", 900)?),
+                trusted_proxy_hops: parse_number(&get, "TRUSTED_PROXY_HOPS", 0)?,
+            },
         })
     }
 
@@ -186,13 +259,14 @@ fn invalid(name: &'static str, reason: &str) -> ConfigError {
     }
 }
 
-fn positive(
+/// A whole number of at least 1 (`T::default()` is zero for every integer).
+fn positive<T: std::str::FromStr + Default + PartialEq>(
     get: &impl Fn(&str) -> Option<String>,
     name: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
+    default: T,
+) -> Result<T, ConfigError> {
     match parse_number(get, name, default)? {
-        0 => Err(invalid(name, "must be at least 1")),
+        value if value == T::default() => Err(invalid(name, "must be at least 1")),
         value => Ok(value),
     }
 }
@@ -202,8 +276,7 @@ fn positive_millis(
     name: &'static str,
     default: u64,
 ) -> Result<Duration, ConfigError> {
-    let millis = positive(get, name, default as usize)?;
-    Ok(Duration::from_millis(millis as u64))
+    Ok(Duration::from_millis(positive(get, name, default)?))
 }
 
 fn parse_number<T: std::str::FromStr>(
@@ -258,6 +331,8 @@ mod tests {
         assert_eq!(config.queue_prefix, "");
         assert_eq!(config.queue_type, QueueType::Classic);
         assert_eq!(config.limits, HttpLimits::default());
+        assert_eq!(config.accounts, AccountLimits::default());
+        assert_eq!(config.login_throttle, LoginThrottle::default());
     }
 
     #[test]
@@ -285,6 +360,10 @@ mod tests {
             ("PORT", "70000"),
             ("HTTP_MAX_IN_FLIGHT", "0"),
             ("HTTP_REQUEST_TIMEOUT_MS", "soon"),
+            ("MAX_PENDING_APPLICATIONS", "0"),
+            ("LOGIN_MAX_FAILURES", "0"),
+            ("LOGIN_FAILURE_WINDOW_SECS", "-1"),
+            ("TRUSTED_PROXY_HOPS", "one"),
         ] {
             let err = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), (name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

@@ -4,6 +4,7 @@
 //! the Lambda runtime or as a plain HTTP server.
 
 use std::{
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -12,7 +13,7 @@ use axum::{
     Router,
     error_handling::HandleErrorLayer,
     extract::{
-        DefaultBodyLimit, FromRequest, FromRequestParts, Request,
+        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::{HeaderValue, StatusCode, header, request::Parts},
@@ -59,6 +60,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Validation(String),
+    /// Throttled: this client or name may try again after `retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     /// Overloaded, timed out, or a dependency is down: try again shortly.
     #[error("{0}")]
     Unavailable(String),
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -145,6 +150,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Validation(_) => "validation_error",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -154,6 +160,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            ApiError::Unavailable(_) => Some(u64::from(RETRY_AFTER_SECS)),
+            _ => None,
+        };
         if let ApiError::Internal(err) = &self {
             tracing::error!(error = %err, cause = ?std::error::Error::source(err), "request failed");
         } else {
@@ -176,10 +187,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -243,7 +254,25 @@ pub struct AuthUser {
 impl FromRequestParts<Arc<Deps>> for AuthUser {
     type Rejection = ApiError;
 
+    /// A valid token whose user still exists: found in the database now, or
+    /// less than `USER_CHECK_CACHE_MS` ago.
     async fn from_request_parts(parts: &mut Parts, deps: &Arc<Deps>) -> Result<Self, ApiError> {
+        let user = Self::from_token(parts, deps)?;
+        if !deps.known_users.is_fresh(&user.username) {
+            if !deps.store.user_exists(&user.username).await? {
+                return Err(ApiError::Unauthorized(
+                    "token's user no longer exists".into(),
+                ));
+            }
+            deps.known_users.remember(&user.username);
+        }
+        Ok(user)
+    }
+}
+
+impl AuthUser {
+    /// The caller as the bearer token says, without asking the database.
+    fn from_token(parts: &Parts, deps: &Deps) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -275,7 +304,7 @@ impl FromRequestParts<Arc<Deps>> for AdminUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, deps: &Arc<Deps>) -> Result<Self, ApiError> {
-        let user = AuthUser::from_request_parts(parts, deps).await?;
+        let user = AuthUser::from_token(parts, deps)?;
         match deps.store.find_user(&user.username).await? {
             Some(stored) if stored.role() == Role::Admin => Ok(Self(user)),
             Some(_) => Err(ApiError::Forbidden("admin rights required".into())),
@@ -284,6 +313,55 @@ impl FromRequestParts<Arc<Deps>> for AdminUser {
             )),
         }
     }
+}
+
+/// The client's address, as far as this process can trust it: API Gateway's
+/// source address under Lambda; otherwise the entry `TRUSTED_PROXY_HOPS`
+/// from the right of `X-Forwarded-For` (the one the nearest trusted proxy
+/// appended), or the TCP peer when no proxy is trusted. `None` only when
+/// none of these is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl FromRequestParts<Arc<Deps>> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        deps: &Arc<Deps>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(lambda_http::request::RequestContext::ApiGatewayV2(context)) =
+            parts.extensions.request_context_ref()
+        {
+            let source = context.http.source_ip.as_deref();
+            return Ok(Self(source.and_then(|ip| ip.trim().parse().ok())));
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        let hops = deps.config.login_throttle.trusted_proxy_hops;
+        Ok(Self(client_address(&forwarded, hops, peer)))
+    }
+}
+
+/// The client among `forwarded` (the `X-Forwarded-For` entries, in order)
+/// when `hops` proxies are trusted: the entry the farthest trusted proxy saw
+/// as its peer. With fewer entries than that, the first one; with no trusted
+/// proxy, or an entry that is not an address, the TCP `peer`.
+fn client_address(forwarded: &[&str], hops: usize, peer: Option<IpAddr>) -> Option<IpAddr> {
+    if hops == 0 || forwarded.is_empty() {
+        return peer;
+    }
+    let entry = forwarded[forwarded.len().saturating_sub(hops)];
+    entry.trim().parse().ok().or(peer)
 }
 
 /// Wraps a function's routes with what every function shares: JSON 404/405,
@@ -508,10 +586,34 @@ mod tests {
                 "unsupported_media_type",
             ),
             (ApiError::Validation("x".into()), 422, "validation_error"),
+            (
+                ApiError::TooManyRequests {
+                    message: "x".into(),
+                    retry_after: 3,
+                },
+                429,
+                "too_many_requests",
+            ),
         ];
         for (err, status, code) in cases {
             assert_eq!((err.status().as_u16(), err.code()), (status, code));
         }
+    }
+
+    #[test]
+    fn the_client_is_the_entry_the_trusted_proxies_appended() {
+        let peer: Option<IpAddr> = Some("10.0.0.9".parse().unwrap());
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        // No trusted proxy: the header is the client's own claim, ignored.
+        assert_eq!(client_address(&["6.6.6.6"], 0, peer), peer);
+        // Behind the ingress: a forged first entry is skipped.
+        let chain = ["6.6.6.6", " 203.0.113.7"];
+        assert_eq!(client_address(&chain, 1, peer), ip("203.0.113.7"));
+        assert_eq!(client_address(&chain, 2, peer), ip("6.6.6.6"));
+        assert_eq!(client_address(&chain, 5, peer), ip("6.6.6.6"));
+        assert_eq!(client_address(&["2001:db8::1"], 1, peer), ip("2001:db8::1"));
+        assert_eq!(client_address(&["not-an-ip"], 1, peer), peer);
+        assert_eq!(client_address(&[], 1, peer), peer);
     }
 
     #[tokio::test]

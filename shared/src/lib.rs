@@ -18,7 +18,7 @@ use std::{process::ExitCode, sync::Arc};
 use axum::Router;
 
 use crate::{
-    auth::{Passwords, TokenKeys},
+    auth::{KnownUsers, Passwords, TokenKeys},
     config::Config,
     events::Events,
     store::{IndexError, Store, StoreError},
@@ -40,6 +40,8 @@ pub struct Deps {
     pub events: Arc<Events>,
     pub tokens: TokenKeys,
     pub passwords: Passwords,
+    /// Token users found in the database lately (see [`KnownUsers`]).
+    pub known_users: KnownUsers,
 }
 
 impl Deps {
@@ -63,6 +65,7 @@ impl Deps {
             events: Arc::new(Events::new(&config, store.outbox.clone())),
             tokens: TokenKeys::new(&config),
             passwords: Passwords::new(config.bcrypt_cost),
+            known_users: KnownUsers::new(config.accounts.user_check_cache),
             store,
             config,
         }))

@@ -10,6 +10,7 @@
 use std::{
     collections::VecDeque,
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
+use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -69,9 +70,9 @@ pub async fn run(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::error!(error = %err, max_connections, "accept failed");
                     waiting.evict_oldest();
@@ -85,6 +86,7 @@ pub async fn run(
         let service = MarkActive {
             inner: TowerToHyperService::new(app.clone()),
             active,
+            peer,
         };
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -162,23 +164,26 @@ impl Waiting {
     }
 }
 
-/// Flags its connection as active on the first request, so it is never evicted.
+/// Flags its connection as active on the first request, so it is never
+/// evicted, and gives each request the peer's address as axum's [`ConnectInfo`].
 #[derive(Clone)]
 struct MarkActive<S> {
     inner: S,
     active: Arc<AtomicBool>,
+    peer: SocketAddr,
 }
 
-impl<S, R> hyper::service::Service<R> for MarkActive<S>
+impl<S, B> hyper::service::Service<hyper::Request<B>> for MarkActive<S>
 where
-    S: hyper::service::Service<R>,
+    S: hyper::service::Service<hyper::Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, request: R) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
         self.active.store(true, Ordering::Relaxed);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         self.inner.call(request)
     }
 }

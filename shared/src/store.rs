@@ -5,6 +5,10 @@
 //! field they might lack is optional and every field they wrote differently
 //! (the password as BSON binary) is read in both forms.
 
+mod login_failures;
+
+pub use login_failures::{FailureWindow, ThrottleKey};
+
 use std::{
     collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
@@ -280,6 +284,8 @@ pub struct Store {
     /// `financing_checks`, `types` {type: count}, and `recent`, the ids of
     /// events being counted (empty between batches).
     pub analytics_counters: Collection<Document>,
+    /// Failed-login windows (see [`Store::record_login_failure`]).
+    login_failures: Collection<FailureWindow>,
     options_cache: Cached<Vec<serde_json::Value>>,
     counter_locks: Arc<[tokio::sync::Mutex<()>; COUNTER_LOCKS]>,
 }
@@ -328,6 +334,7 @@ impl Store {
             outbox: db.collection("outbox"),
             analytics: db.collection("user_analytics"),
             analytics_counters: db.collection("analytics_counters"),
+            login_failures: db.collection("login_failures"),
             options_cache: Arc::default(),
             counter_locks: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
             db,
@@ -383,7 +390,39 @@ impl Store {
                 collection: "user_analytics",
                 source,
             })?;
+        self.ensure_expiry(&self.login_failures, "login_failures")
+            .await?;
         Ok(())
+    }
+
+    /// Indexes `expires_at` of `collection` as a TTL index (expiring each
+    /// document at that time) where the server has TTL indexes, else as a
+    /// plain one. FerretDB 1.x has none, so every reader of such a collection
+    /// also filters on `expires_at`, and its writers purge what has ended.
+    async fn ensure_expiry<T: Send + Sync>(
+        &self,
+        collection: &Collection<T>,
+        name: &'static str,
+    ) -> Result<(), IndexError> {
+        let ttl = IndexModel::builder()
+            .keys(doc! { "expires_at": 1 })
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build();
+        let created = match collection.create_index(ttl).await {
+            Err(err) if is_not_implemented(&err) => {
+                tracing::debug!(
+                    collection = name,
+                    "no TTL indexes here: expiry is checked on read"
+                );
+                let plain = IndexModel::builder().keys(doc! { "expires_at": 1 }).build();
+                collection.create_index(plain).await
+            }
+            other => other,
+        };
+        created.map(|_| ()).map_err(|source| IndexError::Create {
+            collection: name,
+            source,
+        })
     }
 
     /// Creates a unique index on `field`; when that fails on a reachable
@@ -497,6 +536,18 @@ impl Store {
         Ok(self.users.find_one(doc! { "username": username }).await?)
     }
 
+    /// Whether a user named `username` exists: one lookup on the unique
+    /// `username` index that reads no password.
+    pub async fn user_exists(&self, username: &str) -> Result<bool, StoreError> {
+        let found = self
+            .users
+            .clone_with_type::<Document>()
+            .find_one(doc! { "username": username })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// The password hash of the most recently created user, if any: the cost
     /// the stored hashes have.
     pub async fn newest_password_hash(&self) -> Result<Option<String>, StoreError> {
@@ -576,20 +627,36 @@ impl Store {
         Ok(inserted.inserted_id.as_object_id().unwrap_or_default())
     }
 
-    /// `username`'s applications, newest first, as JSON.
+    /// One page of `username`'s applications, newest first, as JSON, and
+    /// whether older ones remain. The page is read from the
+    /// (`submitted_by`, `submitted_at`) index; one document more than the
+    /// page is asked for, to tell whether there is a next page.
     pub async fn applications_of(
         &self,
         username: &str,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
-        let cursor = self
+        page: PageRequest,
+    ) -> Result<(Vec<serde_json::Value>, bool), StoreError> {
+        let mut applications: Vec<serde_json::Value> = self
             .applications
             .clone_with_type::<Document>()
             .find(doc! { "submitted_by": username })
             .sort(doc! { "submitted_at": -1, "_id": -1 })
-            .await?;
-        Ok(cursor
+            .skip(page.skip())
+            .limit(i64::try_from(page.per_page + 1).unwrap_or(i64::MAX))
+            .await?
             .map_ok(|doc| to_json(Bson::Document(doc)))
             .try_collect()
+            .await?;
+        let more = applications.len() as u64 > page.per_page;
+        applications.truncate(usize::try_from(page.per_page).unwrap_or(usize::MAX));
+        Ok((applications, more))
+    }
+
+    /// How many of `username`'s applications are pending.
+    pub async fn pending_count(&self, username: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .applications
+            .count_documents(doc! { "submitted_by": username, "status": Status::Pending.as_str() })
             .await?)
     }
 
@@ -1127,6 +1194,13 @@ pub fn to_json(value: Bson) -> serde_json::Value {
         Bson::Binary(_) => Value::Null,
         other => other.into_relaxed_extjson(),
     }
+}
+
+/// Whether the server refused `err`'s command as not implemented (FerretDB's
+/// answer to what it lacks, such as TTL indexes).
+fn is_not_implemented(err: &mongodb::error::Error) -> bool {
+    const NOT_IMPLEMENTED: i32 = 238;
+    matches!(err.kind.as_ref(), ErrorKind::Command(command) if command.code == NOT_IMPLEMENTED)
 }
 
 /// Whether `err` is a unique-index violation.

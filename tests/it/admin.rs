@@ -28,9 +28,9 @@ async fn update_status_decides_every_application_of_a_user_and_records_who_did_i
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
     let admin = app.admin_token("chief").await;
-    let user = app.token_for("borrower");
+    let user = app.token_for("borrower").await;
     let ids = [app.apply(&user, 10.0).await, app.apply(&user, 20.0).await];
-    app.apply(&app.token_for("bystander"), 30.0).await;
+    app.apply(&app.token_for("bystander").await, 30.0).await;
 
     let (status, reply) =
         send(app.authed(Method::PUT, "/update_status/borrower/approved", &admin)).await;
@@ -59,7 +59,8 @@ async fn update_status_decides_every_application_of_a_user_and_records_who_did_i
             .iter()
             .all(|a| a["status"] == "approved")
     );
-    let (_, theirs) = send(app.authed(Method::GET, "/status", &app.token_for("bystander"))).await;
+    let (_, theirs) =
+        send(app.authed(Method::GET, "/status", &app.token_for("bystander").await)).await;
     assert_eq!(theirs[0]["status"], "pending");
 }
 
@@ -68,7 +69,7 @@ async fn a_status_other_than_approved_or_denied_is_422_and_changes_nothing() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
     let admin = app.admin_token("chief").await;
-    let id = app.apply(&app.token_for("borrower"), 10.0).await;
+    let id = app.apply(&app.token_for("borrower").await, 10.0).await;
 
     for path in [
         "/update_status/borrower/pending".to_string(),
@@ -91,7 +92,7 @@ async fn admin_update_status_decides_one_application_and_404s_an_unknown_one() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
     let admin = app.admin_token("chief").await;
-    let user = app.token_for("borrower");
+    let user = app.token_for("borrower").await;
     let (decided, untouched) = (app.apply(&user, 10.0).await, app.apply(&user, 20.0).await);
 
     let (status, reply) = send(app.authed(
@@ -132,8 +133,11 @@ async fn twenty_five_applications_at_ten_per_page_make_three_pages_without_repea
     let app = TestApp::spawn(&env, all_functions).await;
     let admin = app.admin_token("chief").await;
     for i in 0..25 {
-        app.apply(&app.token_for(&format!("user{}", i % 4)), f64::from(i + 1))
-            .await;
+        app.apply(
+            &app.token_for(&format!("user{}", i % 4)).await,
+            f64::from(i + 1),
+        )
+        .await;
     }
 
     let mut seen = std::collections::HashSet::new();

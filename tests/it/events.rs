@@ -140,8 +140,12 @@ async fn analytics_with_no_events_has_the_same_shape_with_zeros() {
             "logins_per_user": {}, "financing_checks_per_user": {}, "events_per_type": {}
         })
     );
-    let (status, _) =
-        send(app.authed(Method::GET, "/analytics", &app.token_for("nobody_special"))).await;
+    let (status, _) = send(app.authed(
+        Method::GET,
+        "/analytics",
+        finapp_tests::expose(&app.deps.tokens.issue("nobody_special", Role::User)),
+    ))
+    .await;
     assert_eq!(status, 401, "a token whose user does not exist");
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 async fn apply_stores_a_pending_application_for_the_token_holder_and_publishes_it() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
-    let token = app.token_for("applicant");
+    let token = app.token_for("applicant").await;
     // The original document's example body, plus a forged owner that must be ignored.
     let body = json!({"loan_types": ["personal"], "amount": 15000, "purpose": "Car purchase", "submitted_by": "mallory"});
 
@@ -47,7 +47,7 @@ async fn apply_stores_a_pending_application_for_the_token_holder_and_publishes_i
 async fn apply_refuses_every_invalid_application_with_a_4xx_and_writes_nothing() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
-    let token = app.token_for("applicant");
+    let token = app.token_for("applicant").await;
     let long = "x".repeat(65);
     let cases = [
         json!({"loan_types": [], "amount": 10, "purpose": "p"}),
@@ -87,7 +87,10 @@ async fn apply_refuses_every_invalid_application_with_a_4xx_and_writes_nothing()
 async fn status_lists_only_the_callers_applications_newest_first() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
-    let (mine, theirs) = (app.token_for("me_user"), app.token_for("them_user"));
+    let (mine, theirs) = (
+        app.token_for("me_user").await,
+        app.token_for("them_user").await,
+    );
 
     let (status, empty) = send(app.authed(Method::GET, "/status", &mine)).await;
     assert_eq!((status, empty), (200, json!([])));
@@ -132,8 +135,12 @@ async fn dashboard_info_counts_the_callers_applications_by_status() {
         .await
         .unwrap();
 
-    let (status, info) =
-        send(app.authed(Method::GET, "/dashboard-info", &app.token_for("counted"))).await;
+    let (status, info) = send(app.authed(
+        Method::GET,
+        "/dashboard-info",
+        &app.token_for("counted").await,
+    ))
+    .await;
 
     assert_eq!(status, 200);
     assert_eq!(
@@ -159,7 +166,7 @@ async fn financing_options_lists_the_seeded_options_and_only_a_visit_log_is_a_ch
         0,
         "seeding is not idempotent"
     );
-    let token = app.token_for("browser");
+    let token = app.token_for("browser").await;
 
     let (status, options) = send(app.authed(Method::GET, "/financing-options", &token)).await;
 
@@ -216,7 +223,7 @@ async fn selecting_an_option_keeps_one_selection_per_user_even_under_concurrency
     finapp_admin::seed_financing_options(&app.deps.store)
         .await
         .unwrap();
-    let token = app.token_for("chooser");
+    let token = app.token_for("chooser").await;
     let (_, options) = send(app.authed(Method::GET, "/financing-options", &token)).await;
     let ids: Vec<String> = options
         .as_array()
@@ -259,7 +266,7 @@ async fn selecting_an_option_keeps_one_selection_per_user_even_under_concurrency
 async fn a_malformed_option_id_is_422_and_an_unknown_one_is_404() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
-    let token = app.token_for("chooser");
+    let token = app.token_for("chooser").await;
 
     for (body, expected) in [
         (json!({"option_id": "not-an-id"}), 422),
@@ -297,7 +304,7 @@ async fn documents_written_by_the_original_services_never_cause_a_5xx() {
         .insert_one(doc! {"username": "legacy_admin", "password": "plaintext!", "role": "admin"})
         .await
         .unwrap();
-    let user = app.token_for("legacy");
+    let user = app.token_for("legacy").await;
     let admin = app
         .deps
         .tokens

@@ -36,17 +36,13 @@ async fn idle_connections_past_the_file_limit_never_keep_a_real_request_out() {
     );
 
     // A real request still gets through at once.
-    let token = env
-        .deps()
-        .await
-        .tokens
-        .issue("patient", finapp_shared::auth::Role::User);
+    let token = finapp_tests::user_token(&*env.deps().await, "patient").await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     let (status, body) = send(
         client
             .request(Method::GET, format!("{}/status", function.base_url))
-            .bearer_auth(finapp_tests::expose(&token)),
+            .bearer_auth(&token),
     )
     .await;
     let waited = started.elapsed();
@@ -85,12 +81,8 @@ async fn a_burst_far_past_the_in_flight_limit_gets_answers_or_fast_503s() {
         .env("HTTP_MAX_IN_FLIGHT", "64")
         .envs(env.vars());
     let function = FunctionProcess::spawn(command).await;
-    let token = env
-        .deps()
-        .await
-        .tokens
-        .issue("crowd", finapp_shared::auth::Role::User);
-    let token = finapp_tests::expose(&token).to_owned();
+    let token = finapp_tests::user_token(&*env.deps().await, "crowd").await;
+    let token = &token.to_owned();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -99,7 +91,7 @@ async fn a_burst_far_past_the_in_flight_limit_gets_answers_or_fast_503s() {
     let requests = (0..2000).map(|_| {
         let request = client
             .get(format!("{}/status", function.base_url))
-            .bearer_auth(&token);
+            .bearer_auth(token);
         async move {
             let started = Instant::now();
             let response = request.send().await.expect("every request is answered");

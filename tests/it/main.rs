@@ -1,6 +1,7 @@
 //! Integration tests: real FerretDB, real RabbitMQ, real processes.
 //! Start the services with `scripts/services.sh` (the test script does).
 
+mod accounts;
 mod admin;
 mod auth_rules;
 mod database;
@@ -18,5 +19,6 @@ mod processes;
 mod routes;
 mod secrets;
 mod signup;
+mod throttle;
 mod validators;
 mod web_client;

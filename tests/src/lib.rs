@@ -75,6 +75,8 @@ pub struct TestEnv {
     pub queue_type: Option<&'static str>,
     /// `MONGODB_URI`: the shared FerretDB unless a test has its own.
     pub mongodb_uri: String,
+    /// Any other variables a test sets (limits, throttling).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl TestEnv {
@@ -96,6 +98,7 @@ impl TestEnv {
             rabbitmq_uri: RABBITMQ_URI.into(),
             queue_type: None,
             mongodb_uri: mongodb_uri(),
+            extra: Vec::new(),
         }
     }
 
@@ -114,7 +117,14 @@ impl TestEnv {
             self.queue_type
                 .map(|kind| ("RABBITMQ_QUEUE_TYPE", kind.to_owned())),
         )
+        .chain(self.extra.iter().cloned())
         .collect()
+    }
+
+    /// This test's environment with `name` set to `value` as well.
+    pub fn with_var(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.extra.push((name, value.to_string()));
+        self
     }
 
     /// This test's environment with its event queues declared as quorum queues.
@@ -316,13 +326,10 @@ impl TestApp {
             .bearer_auth(token)
     }
 
-    /// A token for `username` signed with this app's key (the user need not exist).
-    pub fn token_for(&self, username: &str) -> String {
-        self.deps
-            .tokens
-            .issue(username, Role::User)
-            .expose_secret()
-            .to_owned()
+    /// Stores `username` as a plain user (if not there yet) and returns a
+    /// token for them: user routes refuse a token whose user does not exist.
+    pub async fn token_for(&self, username: &str) -> String {
+        user_token(&self.deps, username).await
     }
 
     /// Stores `username` as an admin and returns a token for them.
@@ -352,6 +359,20 @@ impl TestApp {
         assert_eq!(status, 201, "{reply}");
         reply["application_id"].as_str().unwrap().to_owned()
     }
+}
+
+/// Stores `username` as a plain user (if not there yet), with a password no
+/// login matches, and returns a token for them.
+pub async fn user_token(deps: &Deps, username: &str) -> String {
+    let user = finapp_shared::store::UserDoc::new(username, "not-a-bcrypt-hash", Role::User);
+    match deps.store.insert_user(&user).await {
+        Ok(()) | Err(finapp_shared::store::InsertUserError::Taken) => {}
+        Err(err) => panic!("cannot store user {username}: {err}"),
+    }
+    deps.tokens
+        .issue(username, Role::User)
+        .expose_secret()
+        .to_owned()
 }
 
 /// Sends a request and returns its status and JSON body (`Null` if the body is not JSON).
@@ -457,6 +478,11 @@ impl Process {
             output,
             readers,
         }
+    }
+
+    /// The child's process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The child's stdin, when it was spawned with `Stdio::piped()` for it.
@@ -801,4 +827,106 @@ pub fn authorization_header(message: &BasicGetMessage) -> Option<String> {
 /// Exposes a `SecretString` for assertions.
 pub fn expose(secret: &secrecy::SecretString) -> &str {
     secret.expose_secret()
+}
+
+/// A memory cgroup of one test's own, with a hard limit, as Kubernetes puts a
+/// container in one: cgroup v2's `memory.max` where the memory controller is
+/// enabled, else cgroup v1's `memory.limit_in_bytes`. `None` when neither can
+/// be created here (not root, or no memory controller).
+pub struct MemoryCgroup {
+    path: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    pub fn create(limit_bytes: u64) -> Option<Self> {
+        let name = format!("finapp-test-{}", uuid::Uuid::new_v4().simple());
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let candidates = own.lines().filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let path = path.trim_start_matches('/');
+            if controllers.is_empty() {
+                let base = PathBuf::from("/sys/fs/cgroup").join(path);
+                let enabled = std::fs::read_to_string(base.join("cgroup.subtree_control")).ok()?;
+                enabled
+                    .split_whitespace()
+                    .any(|c| c == "memory")
+                    .then(|| (base.join(&name), true))
+            } else if controllers.split(',').any(|c| c == "memory") {
+                Some((
+                    PathBuf::from("/sys/fs/cgroup/memory")
+                        .join(path)
+                        .join(&name),
+                    false,
+                ))
+            } else {
+                None
+            }
+        });
+        for (path, v2) in candidates {
+            if std::fs::create_dir(&path).is_err() {
+                continue;
+            }
+            let (file, swap) = if v2 {
+                ("memory.max", Some("memory.swap.max"))
+            } else {
+                ("memory.limit_in_bytes", None)
+            };
+            let group = Self { path, v2 };
+            if std::fs::write(group.path.join(file), limit_bytes.to_string()).is_ok() {
+                if let Some(swap) = swap {
+                    let _ = std::fs::write(group.path.join(swap), "0");
+                }
+                return Some(group);
+            }
+        }
+        None
+    }
+
+    /// A command that joins this cgroup, then becomes `program`.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$1\"")
+            .arg(self.path.join("cgroup.procs"))
+            .arg(program);
+        command
+    }
+
+    /// The most memory the group has used.
+    pub fn peak(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.path.join(file))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// How many of the group's processes the kernel killed for memory.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.path.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once its processes are gone; drop the function first.
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }

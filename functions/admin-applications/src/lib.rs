@@ -21,7 +21,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
 #[utoipa::path(get, path = "/admin/applications", tag = "admin", params(PageQuery),
     security(("bearer" = [])), responses(
         (status = 200, description = "One page", body = ApplicationsPage),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 403, description = "The caller is not an admin", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),

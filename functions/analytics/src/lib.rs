@@ -18,7 +18,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
 /// The original's fields plus counts per event type; zeros when there are no events.
 #[utoipa::path(get, path = "/analytics", tag = "admin", security(("bearer" = [])), responses(
         (status = 200, description = "The summary", body = AnalyticsSummary),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 403, description = "The caller is not an admin", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
 ))]

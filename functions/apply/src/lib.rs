@@ -1,5 +1,6 @@
 //! `POST /apply`: stores a finance application for the caller and publishes
-//! `application_submitted`. `POST /apply-finance`, the path the original web
+//! `application_submitted`, unless the caller already has the most pending
+//! applications allowed (`MAX_PENDING_APPLICATIONS`). `POST /apply-finance`, the path the original web
 //! client's form posts to, is the same endpoint under its old name.
 
 use std::sync::Arc;
@@ -32,7 +33,8 @@ pub struct ApplyResponse {
     security(("bearer" = [])), responses(
         (status = 201, description = "Submitted as pending", body = ApplyResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
+        (status = 409, description = "The caller already has `MAX_PENDING_APPLICATIONS` (default 100) pending applications", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
@@ -52,7 +54,8 @@ pub async fn apply(
     security(("bearer" = [])), responses(
         (status = 201, description = "Submitted as pending", body = ApplyResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
+        (status = 409, description = "The caller already has `MAX_PENDING_APPLICATIONS` (default 100) pending applications", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
@@ -73,6 +76,15 @@ async fn submit(
     body: ApplicationRequest,
 ) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
     let application = NewApplication::try_from(body).map_err(ApiError::Validation)?;
+    // Checked before the insert, so concurrent requests of one user can pass
+    // the cap by at most their number; it bounds growth, not an exact count.
+    let cap = deps.config.accounts.max_pending_applications;
+    if deps.store.pending_count(&user.username).await? >= cap {
+        return Err(ApiError::Conflict(format!(
+            "you already have {cap} pending applications, the most allowed; \
+             wait for a decision on them before applying again"
+        )));
+    }
     let id = deps
         .store
         .insert_application(&application, &user.username)

@@ -25,7 +25,7 @@ pub struct DashboardInfo {
 /// The caller's applications counted by status.
 #[utoipa::path(get, path = "/dashboard-info", tag = "finance", security(("bearer" = [])), responses(
         (status = 200, description = "Counts by status", body = DashboardInfo),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]

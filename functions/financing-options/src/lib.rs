@@ -21,7 +21,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
 /// Served from this process's memory for a few seconds after each read.
 #[utoipa::path(get, path = "/financing-options", tag = "finance", security(("bearer" = [])), responses(
         (status = 200, description = "The options", body = Vec<Object>),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]

@@ -28,7 +28,7 @@ pub struct VisitLogged {
 #[utoipa::path(post, path = "/log-financing-options-visit", tag = "finance",
     security(("bearer" = [])), responses(
         (status = 200, description = "Logged", body = VisitLogged),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]

@@ -5,6 +5,12 @@
 //! both run one bcrypt verification at the cost of the stored hashes. A stored
 //! hash of another cost than `BCRYPT_COST` is replaced at the next successful
 //! login.
+//!
+//! Failed logins are throttled per username and per client address (see
+//! [`LoginThrottle`]): at the limit, `/login` answers 429 with `Retry-After`
+//! until the window that the first failure opened closes. Refused attempts
+//! are not counted and never extend a window, so no lock outlasts
+//! `LOGIN_FAILURE_WINDOW_SECS`; a successful login resets the name's count.
 
 use std::sync::Arc;
 
@@ -12,9 +18,11 @@ use axum::{Router, extract::State, routing::post};
 use finapp_shared::{
     Deps,
     auth::Role,
+    config::LoginThrottle,
     domain::NewPassword,
     events::{Event, EventType},
-    http::{ApiError, ErrorBody, Json},
+    http::{ApiError, ClientAddress, ErrorBody, Json},
+    store::ThrottleKey,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -57,14 +65,30 @@ pub struct LoginResponse {
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this name or from this address; wait `Retry-After` seconds", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 pub async fn login(
     State(deps): State<Arc<Deps>>,
+    ClientAddress(address): ClientAddress,
     Json(body): Json<LoginRequest>,
 ) -> Result<axum::Json<LoginResponse>, ApiError> {
-    let user = deps.store.find_user(&body.username).await?;
+    let throttle = deps.config.login_throttle;
+    let keys = throttle_keys(&throttle, &body.username, address);
+    let (blocked, user) = tokio::join!(
+        deps.store.login_blocked_for(&keys),
+        deps.store.find_user(&body.username),
+    );
+    if let Some(wait) = blocked? {
+        let retry_after = wait.as_millis().div_ceil(1000).max(1);
+        tracing::info!(retry_after, "login throttled");
+        return Err(ApiError::TooManyRequests {
+            message: format!("too many failed logins; try again in {retry_after} s"),
+            retry_after: u64::try_from(retry_after).unwrap_or(u64::MAX),
+        });
+    }
+    let user = user?;
     // Longer passwords were never accepted at sign-up; bcrypt would only see
     // their first 72 bytes, so refuse them rather than match on a prefix.
     let acceptable = body.password.expose_secret().len() <= NewPassword::MAX_BYTES;
@@ -78,11 +102,22 @@ pub async fn login(
         (Some(user), Some(hash)) if verified && acceptable => (user, hash),
         _ => {
             tracing::info!("login refused");
+            let counted: Vec<ThrottleKey> = keys.iter().map(|(key, _)| *key).collect();
+            deps.store
+                .record_login_failure(&counted, throttle.window)
+                .await?;
             return Err(ApiError::Unauthorized(
                 "invalid username or password".into(),
             ));
         }
     };
+    if let Err(err) = deps
+        .store
+        .clear_login_failures(ThrottleKey::User(&user.username))
+        .await
+    {
+        tracing::warn!(error = %err, "failed-login count not reset");
+    }
     if deps.passwords.needs_rehash(&stored_hash) {
         rehash(&deps, &user.username, &stored_hash, password).await;
     }
@@ -102,6 +137,22 @@ pub async fn login(
         token_type: "bearer".into(),
         role,
     }))
+}
+
+/// Longest username that gets a count of its own: far beyond any sign-up
+/// (64 characters); a longer one is throttled by its address only.
+const MAX_COUNTED_USERNAME_BYTES: usize = 256;
+
+/// The keys a login attempt is counted against, each with its limit.
+fn throttle_keys<'a>(
+    throttle: &LoginThrottle,
+    username: &'a str,
+    address: Option<std::net::IpAddr>,
+) -> Vec<(ThrottleKey<'a>, u32)> {
+    let name = (username.len() <= MAX_COUNTED_USERNAME_BYTES)
+        .then_some((ThrottleKey::User(username), throttle.max_failures_per_user));
+    let address = address.map(|ip| (ThrottleKey::Address(ip), throttle.max_failures_per_address));
+    name.into_iter().chain(address).collect()
 }
 
 /// Stores the password again at the configured cost. A failure only costs the

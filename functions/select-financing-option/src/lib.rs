@@ -38,7 +38,7 @@ pub struct SelectResponse {
     security(("bearer" = [])), responses(
         (status = 200, description = "Selected", body = SelectResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),

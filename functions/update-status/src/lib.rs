@@ -33,7 +33,7 @@ pub struct UpdateStatusResponse {
     ),
     responses(
         (status = 200, description = "Updated", body = UpdateStatusResponse),
-        (status = 401, description = "Missing, malformed, forged or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 403, description = "The caller is not an admin", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
