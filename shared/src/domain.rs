@@ -66,6 +66,17 @@ impl NewPassword {
     }
 }
 
+/// Refuses text holding a NUL character. No name or purpose has one, and
+/// FerretDB on PostgreSQL cannot store or even query one (PostgreSQL text
+/// has no NUL), so it is refused as input rather than failing in the database.
+pub fn no_nul(field: &str, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        Err(format!("{field} must not contain NUL characters"))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

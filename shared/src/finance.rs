@@ -1,7 +1,7 @@
 //! Finance domain rules: what makes an application, a status decision or a page
 //! request valid. Pure logic, free of HTTP and storage.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A validated finance application, as `POST /apply` accepts it.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +76,7 @@ impl TryFrom<ApplicationRequest> for NewApplication {
             .into_iter()
             .map(|loan_type| {
                 let trimmed = loan_type.trim();
+                crate::domain::no_nul("loan_types", trimmed)?;
                 let chars = trimmed.chars().count();
                 if chars == 0 || chars > Self::MAX_LOAN_TYPE_CHARS {
                     Err(format!(
@@ -92,6 +93,7 @@ impl TryFrom<ApplicationRequest> for NewApplication {
             return Err("amount must be a number greater than 0 and at most 100000000".into());
         }
         let purpose = request.purpose.trim();
+        crate::domain::no_nul("purpose", purpose)?;
         let chars = purpose.chars().count();
         if chars == 0 || chars > Self::MAX_PURPOSE_CHARS {
             return Err(format!(
@@ -134,6 +136,16 @@ impl Status {
     }
 }
 
+/// The statuses an admin may set: the `{status}` path parameter of the status
+/// routes, as the OpenAPI document describes it (handlers parse it with
+/// [`Status::parse_decision`], which says why anything else is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Approved,
+    Denied,
+}
+
 /// A validated page request for the admin listing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRequest {
@@ -146,8 +158,10 @@ pub struct PageRequest {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 or more; default 1.
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u64>,
     /// 1 to 100; default 10.
+    #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<u64>,
 }
 
@@ -224,6 +238,8 @@ mod tests {
             request(&["x"], 10.0, ""),
             request(&["x"], 10.0, "   "),
             request(&["x"], 10.0, &long_purpose),
+            request(&["x\0y"], 10.0, "p"),
+            request(&["x"], 10.0, "car\0"),
         ];
         for case in cases {
             let shown = format!("{case:?}");

@@ -8,6 +8,7 @@ mod database;
 mod drop_in;
 mod events;
 mod finance;
+mod fuzz;
 mod ingress_nginx;
 mod lambda_rie;
 mod lambda_watch;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{Router, extract::State, routing::put};
 use finapp_shared::{
     Deps,
-    finance::Status,
+    finance::{Decision, Status},
     http::{AdminUser, ApiError, ErrorBody, Path},
 };
 use mongodb::bson::oid::ObjectId;
@@ -31,8 +31,8 @@ pub struct AdminUpdateStatusResponse {
 #[utoipa::path(put, path = "/admin/update_status/{application_id}/{status}", tag = "admin",
     security(("bearer" = [])),
     params(
-        ("application_id" = String, Path, description = "The application's `_id`: 24 hex characters"),
-        ("status" = String, Path, description = "`approved` or `denied`"),
+        ("application_id" = String, Path, pattern = "^[0-9a-fA-F]{24}$", description = "The application's `_id`: 24 hex characters"),
+        ("status" = inline(Decision), Path, description = "`approved` or `denied`"),
     ),
     responses(
         (status = 200, description = "Updated", body = AdminUpdateStatusResponse),

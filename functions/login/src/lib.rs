@@ -74,6 +74,8 @@ pub async fn login(
     ClientAddress(address): ClientAddress,
     Json(body): Json<LoginRequest>,
 ) -> Result<axum::Json<LoginResponse>, ApiError> {
+    // Refused before any lookup; it says nothing about who exists.
+    finapp_shared::domain::no_nul("username", &body.username).map_err(ApiError::Validation)?;
     let throttle = deps.config.login_throttle;
     let keys = throttle_keys(&throttle, &body.username, address);
     let (blocked, user) = tokio::join!(

@@ -22,6 +22,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SelectRequest {
     /// A financing option's `_id`: 24 hex characters.
+    #[schema(pattern = "^[0-9a-fA-F]{24}$")]
     pub option_id: String,
 }
 
@@ -51,7 +52,7 @@ pub async fn select(
     user: AuthUser,
     Json(body): Json<SelectRequest>,
 ) -> Result<axum::Json<SelectResponse>, ApiError> {
-    let id = ObjectId::parse_str(body.option_id.trim())
+    let id = ObjectId::parse_str(&body.option_id)
         .map_err(|_| ApiError::Validation("option_id must be a 24-character hex id".into()))?;
     let option = deps
         .store

@@ -25,6 +25,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
 #[schema(example = json!({"username": "john_doe", "password": "secure_password"}))]
 pub struct SignupRequest {
     /// 3 to 64 characters from `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{3,64}$")]
     pub username: String,
     /// 8 to 72 bytes.
     #[schema(value_type = String, format = Password)]

@@ -29,8 +29,10 @@ pub const DEFAULT_PER_PAGE: u64 = PageRequest::MAX_PER_PAGE;
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// 1 or more; default 1 (the newest).
+    #[param(minimum = 1, maximum = 1_000_000)]
     pub page: Option<u64>,
     /// 1 to 100; default 100.
+    #[param(minimum = 1, maximum = 100)]
     pub per_page: Option<u64>,
 }
 

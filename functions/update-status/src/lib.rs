@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{Router, extract::State, routing::put};
 use finapp_shared::{
     Deps,
-    finance::Status,
+    finance::{Decision, Status},
     http::{AdminUser, ApiError, ErrorBody, Path},
     store::UpdateCounts,
 };
@@ -29,7 +29,7 @@ pub struct UpdateStatusResponse {
 #[utoipa::path(put, path = "/update_status/{user}/{status}", tag = "admin", security(("bearer" = [])),
     params(
         ("user" = String, Path, description = "The applicant's username"),
-        ("status" = String, Path, description = "`approved` or `denied`"),
+        ("status" = inline(Decision), Path, description = "`approved` or `denied`"),
     ),
     responses(
         (status = 200, description = "Updated", body = UpdateStatusResponse),
@@ -45,6 +45,7 @@ pub async fn update_status(
     Path((user, status)): Path<(String, String)>,
 ) -> Result<axum::Json<UpdateStatusResponse>, ApiError> {
     let status = Status::parse_decision(&status).map_err(ApiError::Validation)?;
+    finapp_shared::domain::no_nul("user", &user).map_err(ApiError::Validation)?;
     let counts = deps
         .store
         .decide_for_user(&user, status, &admin.username)
