@@ -60,7 +60,7 @@ instructions() {
 
 bare=""
 printf '| variant | RUST_LOG | instructions per request | vs bare |\n|---|---|---|---|\n'
-for case in "bare info" "shared info" "shared warn" "from-fn info" "request-id info" "tower-http info"; do
+for case in "bare info" "shared info" "shared warn" "shared-server info" "from-fn info" "request-id info" "limits info" "tower-http info"; do
   read -r variant rust_log <<<"$case"
   low=$(instructions "$variant" "$rust_log" "$few")
   high=$(instructions "$variant" "$rust_log" "$many")

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/services.sh
 # nginx, the RIE, kustomize, kube-score, the Pod Security check, podman: the
-# deployment tests and checks below need them.
+# deployment tests and checks below need them; schemathesis: tests/it/fuzz.rs.
 source scripts/deploy-tools.sh
 
 echo "== cargo fmt --check" >&2

@@ -85,6 +85,24 @@ fn with_tower_http(routes: Router) -> Router {
     )
 }
 
+/// The bounds of the HTTP edge alone, as `http::app` stacks them: a 503 for
+/// what is shed or times out, the load shed, the global in-flight limit and
+/// the request timeout.
+fn with_limits(routes: Router) -> Router {
+    let limits = finapp_shared::config::HttpLimits::default();
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |_: tower::BoxError| async { axum::http::StatusCode::SERVICE_UNAVAILABLE },
+            ))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                limits.max_in_flight,
+            ))
+            .timeout(limits.request_timeout),
+    )
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let variant = std::env::args().nth(1).unwrap_or_default();
@@ -94,8 +112,12 @@ async fn main() -> std::io::Result<()> {
         "from-fn" => hello().layer(middleware::from_fn(pass_through)),
         "request-id" => hello().layer(middleware::from_fn(request_id_only)),
         "tower-http" => with_tower_http(hello()),
+        "limits" => with_limits(hello()),
+        "shared-server" => finapp_shared::http::app(hello(), &Default::default()),
         other => {
-            eprintln!("unknown variant {other:?}: bare, shared, from-fn, request-id, tower-http");
+            eprintln!(
+                "unknown variant {other:?}: bare, shared, shared-server, from-fn, request-id, limits, tower-http"
+            );
             std::process::exit(2);
         }
     };
@@ -107,5 +129,11 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     // Stopped by SIGTERM: valgrind still writes its counts for a process a
     // signal ends.
+    if variant == "shared-server" {
+        // The functions' own accept loop (header-read timeout, connection cap).
+        let limits = Default::default();
+        finapp_shared::server::run(listener, app, &limits, std::future::pending()).await;
+        return Ok(());
+    }
     axum::serve(listener, app).await
 }
