@@ -740,19 +740,7 @@ impl Store {
             "$set": { "selected_option": option.clone(), "updated_at": now },
             "$setOnInsert": { "selected_at": now },
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self
-                .selections
-                .update_one(doc! { "user": username }, update.clone())
-                .upsert(true)
-                .await
-            {
-                Err(err) if is_duplicate_key(&err) && attempt < 3 => continue,
-                result => return result.map(|_| ()).map_err(StoreError),
-            }
-        }
+        upsert(&self.selections, doc! { "user": username }, update).await
     }
 
     /// Sets the status of every application of `username`, recording `by` in each audit trail.
@@ -1193,6 +1181,28 @@ pub fn to_json(value: Bson) -> serde_json::Value {
         Bson::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
         Bson::Binary(_) => Value::Null,
         other => other.into_relaxed_extjson(),
+    }
+}
+
+/// Applies `update` to the document `filter` matches, inserting it when there
+/// is none. Two first writes racing on a unique key: the loser's insert hits
+/// the index, and its retry becomes an update of the winner's document.
+async fn upsert<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+    update: Document,
+) -> Result<(), StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match collection
+            .update_one(filter.clone(), update.clone())
+            .upsert(true)
+            .await
+        {
+            Err(err) if is_duplicate_key(&err) && attempt < 3 => continue,
+            result => return result.map(|_| ()).map_err(StoreError),
+        }
     }
 }
 

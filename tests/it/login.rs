@@ -11,14 +11,7 @@ use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use serde_json::json;
 
 async fn signed_up(env: &TestEnv, username: &str, password: &str) -> TestApp {
-    let signup = TestApp::spawn(env, signup::router).await;
-    let (status, _) = signup
-        .post_json(
-            "/signup",
-            &json!({"username": username, "password": password}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    finapp_tests::sign_up(env, username, password).await;
     TestApp::spawn(env, login::router).await
 }
 

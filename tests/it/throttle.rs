@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use finapp_tests::{FunctionProcess, TestApp, TestEnv, wait_for};
+use finapp_tests::{FunctionProcess, TestEnv, sign_up, wait_for};
 use mongodb::bson::Document;
 use serde_json::{Value, json};
 
@@ -33,17 +33,6 @@ async fn attempt(
         retry_after,
         response.json().await.unwrap_or(Value::Null),
     )
-}
-
-async fn sign_up(env: &TestEnv, username: &str, password: &str) {
-    let signup = TestApp::spawn(env, signup::router).await;
-    let (status, _) = signup
-        .post_json(
-            "/signup",
-            &json!({"username": username, "password": password}),
-        )
-        .await;
-    assert_eq!(status, 201);
 }
 
 #[tokio::test]

@@ -361,6 +361,18 @@ impl TestApp {
     }
 }
 
+/// Signs `username` up with `password` through the signup function, as a client would.
+pub async fn sign_up(env: &TestEnv, username: &str, password: &str) {
+    let signup = TestApp::spawn(env, signup::router).await;
+    let (status, body) = signup
+        .post_json(
+            "/signup",
+            &serde_json::json!({"username": username, "password": password}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 /// Stores `username` as a plain user (if not there yet), with a password no
 /// login matches, and returns a token for them.
 pub async fn user_token(deps: &Deps, username: &str) -> String {

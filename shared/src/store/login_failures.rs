@@ -12,7 +12,7 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{DateTime, doc};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, is_duplicate_key};
+use super::{Store, StoreError, upsert};
 
 /// What a failure is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,26 +84,11 @@ impl Store {
         let millis = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         let ends = DateTime::from_millis(now.timestamp_millis().saturating_add(millis));
         for key in keys {
-            let id = key.id();
             let update = doc! {
                 "$inc": { "failures": 1_i64 },
                 "$setOnInsert": { "expires_at": ends },
             };
-            // Two first failures racing: the loser's insert hits `_id` and its
-            // retry becomes an increment.
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match self
-                    .login_failures
-                    .update_one(doc! { "_id": &id }, update.clone())
-                    .upsert(true)
-                    .await
-                {
-                    Err(err) if is_duplicate_key(&err) && attempt < 3 => continue,
-                    result => break result.map(|_| ())?,
-                }
-            }
+            upsert(&self.login_failures, doc! { "_id": key.id() }, update).await?;
         }
         Ok(())
     }
