@@ -38,6 +38,8 @@ pub const BATCH: usize = 128;
 pub const WRITERS: usize = 4;
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stop waits for the batches already delivered to be recorded.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Pause before requeueing after a database failure, so a down database is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -107,7 +109,7 @@ async fn session(
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
-                format!("notify-consumer.{}", kind.queue()).as_str().into(),
+                consumer_tag(kind).as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -127,15 +129,27 @@ async fn session(
         .filter_map(|(kind, delivery)| std::future::ready(delivery.ok().map(|d| (kind, d))))
         .ready_chunks(BATCH)
         .for_each_concurrent(WRITERS, |batch| handle_batch(deps, batch));
+    tokio::pin!(work);
     let stop_requested = tokio::select! {
-        () = work => false,
+        () = &mut work => false,
         _ = stopped.wait_for(|stop| *stop) => true,
     };
     if stop_requested {
-        // Unacked messages return to their queues when the connection closes.
+        // No more deliveries; what was delivered is recorded and acked (for
+        // up to STOP_GRACE), the rest returns to the queues with the connection.
+        for kind in EventType::ALL {
+            let _ = channel
+                .basic_cancel(consumer_tag(kind).as_str().into(), Default::default())
+                .await;
+        }
+        let _ = tokio::time::timeout(STOP_GRACE, work).await;
         let _ = connection.close(200, "shutting down".into()).await;
     }
     Ok(())
+}
+
+fn consumer_tag(kind: EventType) -> String {
+    format!("notify-consumer.{}", kind.queue())
 }
 
 /// What a delivery carries that the handler reads, owned.
