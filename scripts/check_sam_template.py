@@ -6,9 +6,10 @@ Reads ROOT's routes.toml (the route table), template.yaml, Cargo.toml,
 functions/*/Cargo.toml and samconfig.toml. Checks: a SAM function per function
 folder building that binary; one HttpApi event per route of routes.toml on the
 one HTTP API; the same routes as `cargo lambda watch` (Cargo.toml); the MQ
-trigger on the consumer's queues; the secret; least-privilege roles. Prints one
-line per failure and, last, the number of checks that passed. Needs PyYAML and
-aws-sam-translator (scripts/validate-aws.sh installs both into .dev/venv-aws).
+trigger on the consumer's queues and its one schedule (the outbox relay); the
+secret; least-privilege roles. Prints one line per failure and, last, the
+number of checks that passed. Needs PyYAML and aws-sam-translator
+(scripts/validate-aws.sh installs both into .dev/venv-aws).
 """
 
 import json
@@ -168,9 +169,18 @@ consumer_lids = by_binary.get(CONSUMER, [])
 if check(len(consumer_lids) == 1, "notify-consumer: no single SAM function"):
     events = functions[consumer_lids[0]].get("Properties", {}).get("Events", {})
     seen = []
+    schedules = []
     for ename, event in events.items():
         ep = event.get("Properties", {})
-        if not check(event.get("Type") == "MQ", f"notify-consumer event {ename}: type {event.get('Type')}, expected MQ"):
+        if event.get("Type") == "Schedule":
+            schedules.append(ename)
+            expression = str(ep.get("Schedule", ""))
+            check(expression.startswith(("rate(", "cron(")),
+                  f"notify-consumer schedule {ename}: Schedule {expression!r} is not rate(...) or cron(...)")
+            check(ep.get("Enabled", True) is True and ep.get("State", "ENABLED") == "ENABLED",
+                  f"notify-consumer schedule {ename} is disabled: the outbox would never be relayed")
+            continue
+        if not check(event.get("Type") == "MQ", f"notify-consumer event {ename}: type {event.get('Type')}, expected MQ or Schedule"):
             continue
         seen += ep.get("Queues", [])
         check(ep.get("Broker") == ref("BrokerArn"), f"notify-consumer event {ename}: Broker is not !Ref BrokerArn")
@@ -178,6 +188,7 @@ if check(len(consumer_lids) == 1, "notify-consumer: no single SAM function"):
         check(access == {"BASIC_AUTH": ref("BrokerCredentialsSecretArn"), "VIRTUAL_HOST": ref("BrokerVirtualHost")},
               f"notify-consumer event {ename}: SourceAccessConfigurations {access}")
     check(sorted(seen) == sorted(QUEUES), f"notify-consumer consumes {sorted(seen)}, expected {sorted(QUEUES)}")
+    check(len(schedules) == 1, f"notify-consumer: {len(schedules)} Schedule events, expected one (the outbox relay)")
 for name in ("BrokerArn", "BrokerCredentialsSecretArn", "BrokerVirtualHost"):
     check(params.get(name, {}).get("Type") == "String", f"parameter {name} missing or not a String")
 check(params.get("BrokerVirtualHost", {}).get("Default") == "/", "BrokerVirtualHost default is not '/'")
@@ -221,6 +232,11 @@ out = cfn["Resources"]
 paths = out.get("FinAppHttpApi", {}).get("Properties", {}).get("Body", {}).get("paths", {})
 api_routes = {(m.upper(), p) for p, methods in paths.items() for m in methods}
 check(api_routes == set().union(*ROUTES.values()), f"translated HTTP API routes {sorted(api_routes)}")
+
+rules = [r["Properties"] for r in out.values() if r["Type"] == "AWS::Events::Rule"]
+check(len(rules) == 1 and any(t.get("Arn") == {"Fn::GetAtt": [consumer_lids[0], "Arn"]}
+                              for t in rules[0].get("Targets", [])) if consumer_lids else False,
+      "expected one EventBridge rule, invoking notify-consumer (the outbox relay)")
 
 esms = [r["Properties"] for r in out.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
 check(len(esms) == len(QUEUES) and all(len(e.get("Queues", [])) == 1 for e in esms),

@@ -274,7 +274,8 @@ def route_table(functions, routes):
         if rs:
             served = "<br>".join(f"`{r.method} {r.path}`" for r in rs)
         else:
-            served = "RabbitMQ queues " + ", ".join(f"`{q}`" for q in f.get("queues", [])) + " -> `user_analytics`"
+            queues = ", ".join(f"`{q}`" for q in f.get("queues", []))
+            served = f"RabbitMQ queues {queues} -> `user_analytics`; relays `outbox` -> those queues"
         out.append(f"| {f['name']} | {served} | {f['who']} |")
     out.append("<!-- /routes -->")
     return "\n".join(out) + "\n"

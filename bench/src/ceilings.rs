@@ -9,9 +9,9 @@ use std::{
 };
 
 use finapp_shared::{
-    events::{Event, EventType, Events, OutboxRecord},
+    events::{Event, EventType, Events},
     finance::{PageRequest, Status},
-    store::{AnalyticsDoc, ApplicationDoc, StatusChange, Store},
+    store::{AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store},
 };
 use futures_util::TryStreamExt as _;
 use mongodb::{
@@ -21,10 +21,6 @@ use mongodb::{
 use secrecy::SecretString;
 
 use crate::stats::{Figure, median_duration};
-
-/// How long a new outbox record waits before a relay may publish it (the
-/// shared crate's `RELAY_GRACE`); the record is deleted long before.
-const OUTBOX_GRACE_MS: i64 = 10_000;
 
 /// Runs `op` in `concurrency` tokio tasks, each calling it back to back until
 /// `duration` has passed, and times every call. `op(task, iteration)` answers
@@ -108,10 +104,10 @@ pub async fn applications_of(store: &Store, user: &str) -> mongodb::error::Resul
         .await
 }
 
-/// `POST /apply`'s database writes with the raw driver, in the handler's
-/// order: the application, its outbox record, and the record's deletion. When
-/// `events` is given, the event is also published with a confirm between the
-/// last two, as the handler does (a diagnostic, not the DB-bound ceiling).
+/// `POST /apply`'s database writes with the raw driver: the application and
+/// its outbox record (the handler's), and the record's deletion (the relay's).
+/// When `events` is given, the event is also published with a confirm between
+/// the last two, as the relay does (a diagnostic, not the DB-bound ceiling).
 pub async fn apply_writes(
     store: &Store,
     users: &[String],
@@ -170,21 +166,14 @@ async fn apply_once(
         user,
         format!("Application by {user} for 15000"),
     );
-    let now = DateTime::now();
-    let record = OutboxRecord {
-        id: event.id.to_string(),
-        event,
-        token,
-        created_at: now,
-        relay_after: DateTime::from_millis(now.timestamp_millis() + OUTBOX_GRACE_MS),
-    };
+    let record = OutboxRecord::new(&event);
     store
         .outbox
         .insert_one(&record)
         .await
         .map_err(|_| ApplyFailure::Store)?;
     if let Some(events) = events {
-        let token = SecretString::from(record.token.clone());
+        let token = SecretString::from(token);
         events
             .publish(&record.event, &token)
             .await

@@ -72,7 +72,7 @@ pub async fn publish_and_wait(
 ) -> Result<PipelineRun> {
     let config = fixture.config_in(space)?;
     let store = Store::connect(&config).await.map_err(mongo)?;
-    let events = Arc::new(Events::new(&config, store.outbox.clone()));
+    let events = Arc::new(Events::new(&config));
     let batch: Vec<(Event, SecretString)> = (0..count)
         .map(|i| {
             let user = &fixture.users[i % fixture.users.len()];

@@ -328,10 +328,7 @@ impl Bench<'_> {
             );
             self.record("scale", &load, "apply");
             self.warm_up(&load, "apply")?;
-            let events = Arc::new(Events::new(
-                &self.fixture.config_in(&space)?,
-                store.outbox.clone(),
-            ));
+            let events = Arc::new(Events::new(&self.fixture.config_in(&space)?));
             let ceiling = rt.block_on(ceilings::apply_writes(
                 &store,
                 &writers,

@@ -256,10 +256,7 @@ impl Bench<'_> {
         }
 
         let apply_config = fixture.config_in(&fixture.apply_space)?;
-        let events = Arc::new(Events::new(
-            &apply_config,
-            fixture.apply_store.outbox.clone(),
-        ));
+        let events = Arc::new(Events::new(&apply_config));
         let writes = |events: Option<Arc<Events>>, duration| {
             runtime.block_on(ceilings::apply_writes(
                 &fixture.apply_store,

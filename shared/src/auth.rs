@@ -1,7 +1,10 @@
 //! Tokens and passwords.
 //!
 //! JWTs are HS256 only (the algorithm is pinned, so `alg: none` and key-confusion
-//! tokens are refused) with the claims `sub`, `role`, `iat` and `exp`. bcrypt runs
+//! tokens are refused) with the claims `sub`, `role`, `iat` and `exp`. Event
+//! tokens (the `Authorization` header of a published event) also carry
+//! `aud: finapp-events`, and the HTTP routes refuse every token with an
+//! audience, so an event's token is worth nothing against the API. bcrypt runs
 //! on a pool of its own (see [`Passwords`]) so it never stalls the async runtime,
 //! and a login for an unknown user is checked against a dummy hash so its timing
 //! matches a real one.
@@ -60,7 +63,18 @@ pub struct Claims {
     #[serde(default)]
     pub iat: u64,
     pub exp: u64,
+    /// [`EVENT_AUDIENCE`] on event tokens; absent on access tokens (ours and the original's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
+
+/// The audience of event tokens. No HTTP route accepts a token with an audience.
+pub const EVENT_AUDIENCE: &str = "finapp-events";
+
+/// How long an event token is valid. The consumer checks only the signature
+/// (an event may wait in its queue through a consumer outage), so this bounds
+/// only what a leaked token could do elsewhere: nothing, given its audience.
+pub const EVENT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why a token was refused. Both are a 401 to the client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +94,10 @@ pub const CLOCK_LEEWAY_SECS: u64 = 5;
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Access tokens: no audience at all.
     validation: Validation,
+    /// Event messages: [`EVENT_AUDIENCE`] or none, expiry unchecked.
+    event_validation: Validation,
     ttl: Duration,
 }
 
@@ -92,10 +109,21 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = CLOCK_LEEWAY_SECS;
+        // With no audience configured, jsonwebtoken refuses any token that
+        // names one: that is what keeps event tokens off the HTTP routes.
+        validation.validate_aud = true;
+        validation.aud = None;
+        let mut event_validation = validation.clone();
+        // A genuine event stays valid however long it waited in a queue.
+        event_validation.validate_exp = false;
+        // An audience, when present, must be the events'; a token without
+        // one (the original services', or an old publisher's) still passes.
+        event_validation.set_audience(&[EVENT_AUDIENCE]);
         Self {
             encoding: EncodingKey::from_secret(config.jwt_secret_bytes()),
             decoding: DecodingKey::from_secret(config.jwt_secret_bytes()),
             validation,
+            event_validation,
             ttl: config.token_ttl,
         }
     }
@@ -103,29 +131,47 @@ impl TokenKeys {
     /// Issues a token for `username` valid for the configured lifetime.
     pub fn issue(&self, username: &str, role: Role) -> SecretString {
         let iat = unix_now();
-        let claims = Claims {
+        self.sign(&Claims {
             sub: username.to_owned(),
             role,
             iat,
             exp: iat + self.ttl.as_secs(),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            aud: None,
+        })
+    }
+
+    /// Issues the token an event about `username` is published with: audience
+    /// [`EVENT_AUDIENCE`], role `user`, valid for [`EVENT_TOKEN_TTL`]. Every
+    /// HTTP route refuses it; only [`TokenKeys::verify_event`] accepts it.
+    pub fn issue_event(&self, username: &str) -> SecretString {
+        let iat = unix_now();
+        self.sign(&Claims {
+            sub: username.to_owned(),
+            role: Role::User,
+            iat,
+            exp: iat + EVENT_TOKEN_TTL.as_secs(),
+            aud: Some(EVENT_AUDIENCE.to_owned()),
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> SecretString {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             // HS256 over a serde struct cannot fail: the key family always matches.
             .expect("HS256 signing with an HMAC key is infallible")
             .into()
     }
 
-    /// Checks signature, algorithm and expiry.
+    /// Checks an access token: signature, algorithm, expiry, and no audience
+    /// (an event token is refused).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.decode(token, &self.validation)
     }
 
-    /// Checks signature and algorithm but not expiry: for events, whose token was
-    /// valid when they were published and must not go stale waiting in a queue.
-    pub fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
-        let mut validation = self.validation.clone();
-        validation.validate_exp = false;
-        self.decode(token, &validation)
+    /// Checks the token of an event message: signature and algorithm, an
+    /// audience of [`EVENT_AUDIENCE`] or none (the original services' tokens),
+    /// but not expiry, so an event does not go stale waiting in a queue.
+    pub fn verify_event(&self, token: &str) -> Result<Claims, TokenError> {
+        self.decode(token, &self.event_validation)
     }
 
     fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, TokenError> {
@@ -426,13 +472,14 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_token_is_refused_but_its_signature_still_checks() {
+    fn an_expired_token_is_refused_but_still_checks_as_an_event_token() {
         let keys = keys_with(SECRET);
         let claims = Claims {
             sub: "bob".into(),
             role: Role::User,
             iat: 1,
             exp: 2,
+            aud: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -441,7 +488,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys.verify(&token), Err(TokenError::Expired));
-        assert_eq!(keys.verify_signature(&token).unwrap().sub, "bob");
+        assert_eq!(keys.verify_event(&token).unwrap().sub, "bob");
     }
 
     #[test]
@@ -451,7 +498,7 @@ mod tests {
         let body = encode_segment(br#"{"sub":"mallory","role":"admin","iat":1,"exp":99999999999}"#);
         for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
             assert_eq!(keys.verify(&token), Err(TokenError::Invalid));
-            assert_eq!(keys.verify_signature(&token), Err(TokenError::Invalid));
+            assert_eq!(keys.verify_event(&token), Err(TokenError::Invalid));
         }
     }
 
@@ -471,8 +518,44 @@ mod tests {
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
-        let claims = keys_with(SECRET).verify(&token).unwrap();
+        let keys = keys_with(SECRET);
+        let claims = keys.verify(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.role), ("legacy", Role::User));
+        assert_eq!(keys.verify_event(&token).unwrap().sub, "legacy");
+    }
+
+    #[test]
+    fn an_event_token_is_refused_as_an_access_token_and_accepted_as_an_event_token() {
+        let keys = keys_with(SECRET);
+        let token = keys.issue_event("alice");
+        assert_eq!(keys.verify(token.expose_secret()), Err(TokenError::Invalid));
+        let claims = keys.verify_event(token.expose_secret()).unwrap();
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.role, Role::User);
+        assert_eq!(claims.aud.as_deref(), Some(EVENT_AUDIENCE));
+        assert_eq!(claims.exp - claims.iat, EVENT_TOKEN_TTL.as_secs());
+        // An access token has no audience, so the consumer accepts it too,
+        // as it accepts the original services' tokens.
+        let access = keys.issue("alice", Role::Admin);
+        assert!(keys.verify_event(access.expose_secret()).is_ok());
+    }
+
+    #[test]
+    fn a_token_for_any_other_audience_is_refused_everywhere() {
+        let keys = keys_with(SECRET);
+        let claims = Claims {
+            sub: "alice".into(),
+            role: Role::User,
+            iat: unix_now(),
+            exp: unix_now() + 60,
+            aud: Some("somebody-else".into()),
+        };
+        let token = keys.sign(&claims);
+        assert_eq!(keys.verify(token.expose_secret()), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify_event(token.expose_secret()),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

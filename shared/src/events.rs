@@ -1,53 +1,33 @@
-//! Publishing domain events to RabbitMQ without ever losing one.
+//! The event contract and the broker: what an event is, how it travels
+//! (durable queue, persistent message, publisher confirm), and the queues.
 //!
-//! [`Events::emit`] first records the event in the `outbox` collection, then
-//! publishes it (durable queue, persistent message, publisher confirm) and
-//! deletes the record. When the broker is down the request still succeeds and
-//! the record stays; [`Events::relay_outbox`] publishes it once the broker is
-//! back (the notify-consumer runs it continuously, and a publisher that saw a
-//! failure runs it after its next success). The consumer records each event id
-//! once, so an event relayed twice is still counted once.
-//!
-//! One connection and one confirm-mode channel per process, opened on first use
-//! and reopened after a failure, so a function starts while the broker is down.
-//! The user's JWT travels in the `Authorization` header, as the original sent it.
+//! Nothing here touches MongoDB. A request never publishes: it records its
+//! event in the outbox (`store::outbox`), and the relay (`relay`) publishes
+//! from there with [`Events`], the process's one broker connection, opened on
+//! first use and reopened after a failure. Each message carries an event
+//! token in its `Authorization` header (see `auth::TokenKeys::issue_event`),
+//! as the original carried the user's token.
 
 use std::{
     collections::BTreeSet,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString},
-};
-use mongodb::{
-    Collection,
-    bson::{DateTime, doc},
-    options::ReturnDocument,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::{
-    config::{Config, QueueType},
-    store::StoreError,
-};
+use crate::config::{Config, QueueType};
 
-/// How long a connect or a publish confirm may take before it counts as failed.
-const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
-/// An outbox record younger than this may still be in its first publish.
-const RELAY_GRACE: Duration = Duration::from_secs(10);
-/// How long a relay holds a record before another relay may try it.
-const RELAY_LEASE: Duration = Duration::from_secs(30);
+/// How long a connect, or a batch's publishes and confirms, may take before it counts as failed.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The queue that receives messages the consumer refuses, under the deployment's prefix.
 pub const DEAD_LETTER_QUEUE: &str = "finapp.dead_letter";
 
@@ -113,20 +93,6 @@ impl Event {
     }
 }
 
-/// An event waiting in the `outbox` collection to be published.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct OutboxRecord {
-    /// The event id.
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub event: Event,
-    /// The bearer token the event is published with.
-    pub token: String,
-    pub created_at: DateTime,
-    /// Not relayed before this time.
-    pub relay_after: DateTime,
-}
-
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -138,15 +104,6 @@ pub enum PublishError {
     Nacked,
 }
 
-/// Why a relay round stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
-
 /// A message to publish as it travels: queue (without prefix), body, headers.
 pub struct Outgoing<'a> {
     pub queue: &'a str,
@@ -156,27 +113,43 @@ pub struct Outgoing<'a> {
     pub headers: FieldTable,
 }
 
-/// The process's publisher.
+impl<'a> Outgoing<'a> {
+    /// `event`, serialized as `body`, with `token` in its `Authorization` header.
+    pub fn event(event: &Event, body: &'a [u8], message_id: &'a str, token: &SecretString) -> Self {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "Authorization".into(),
+            AMQPValue::LongString(LongString::from(format!(
+                "Bearer {}",
+                token.expose_secret()
+            ))),
+        );
+        Self {
+            queue: event.kind.queue(),
+            body,
+            message_id,
+            kind: event.kind.queue(),
+            headers,
+        }
+    }
+}
+
+/// The process's publisher: one connection and one confirm-mode channel.
 pub struct Events {
     uri: SecretString,
     queue_prefix: String,
     queue_type: QueueType,
-    outbox: Collection<OutboxRecord>,
     link: Mutex<Option<(Connection, Channel)>>,
-    /// Set when a publish failed, so the next success also relays the backlog.
-    backlog: AtomicBool,
 }
 
 impl Events {
-    /// Remembers where the broker is (it connects on first publish) and where the outbox is.
-    pub fn new(config: &Config, outbox: Collection<OutboxRecord>) -> Self {
+    /// Remembers where the broker is; it connects on first publish.
+    pub fn new(config: &Config) -> Self {
         Self {
             uri: config.rabbitmq_uri.clone(),
             queue_prefix: config.queue_prefix.clone(),
             queue_type: config.queue_type,
-            outbox,
             link: Mutex::new(None),
-            backlog: AtomicBool::new(false),
         }
     }
 
@@ -191,134 +164,71 @@ impl Events {
             .unwrap_or(full)
     }
 
-    /// Records `event` in the outbox, then publishes it; never fails the caller.
-    /// Whatever goes wrong is logged, and the outbox keeps the event until it
-    /// is delivered.
-    pub async fn emit(self: &Arc<Self>, event: &Event, token: &SecretString) {
-        let now = DateTime::now();
-        let record = OutboxRecord {
-            id: event.id.to_string(),
-            event: event.clone(),
-            token: token.expose_secret().to_owned(),
-            created_at: now,
-            relay_after: later(now, RELAY_GRACE),
-        };
-        let recorded = match self.outbox.insert_one(&record).await {
-            Ok(_) => true,
-            Err(err) => {
-                tracing::error!(event_id = %event.id, error = %err, "event not recorded in the outbox");
-                false
-            }
-        };
-        match self.publish(event, token).await {
-            Ok(()) => {
-                tracing::debug!(event_id = %event.id, kind = ?event.kind, "event published");
-                if recorded {
-                    self.forget_record(&record.id).await;
-                }
-                if self.backlog.swap(false, Ordering::AcqRel) {
-                    self.relay_in_background();
-                }
-            }
-            Err(err) => {
-                self.backlog.store(true, Ordering::Release);
-                tracing::warn!(
-                    event_id = %event.id,
-                    kind = ?event.kind,
-                    error = %err,
-                    cause = ?std::error::Error::source(&err),
-                    in_outbox = recorded,
-                    "event not published; the outbox relay will deliver it"
-                );
-            }
-        }
-    }
-
-    /// Publishes outbox records whose grace period has passed, until none is
-    /// left or the broker fails; returns how many were published.
-    pub async fn relay_outbox(&self) -> Result<usize, RelayError> {
-        let mut relayed = 0;
-        loop {
-            let now = DateTime::now();
-            let claimed = self
-                .outbox
-                .find_one_and_update(
-                    doc! { "relay_after": { "$lte": now } },
-                    doc! { "$set": { "relay_after": later(now, RELAY_LEASE) } },
-                )
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(StoreError::from)?;
-            let Some(record) = claimed else {
-                return Ok(relayed);
-            };
-            self.publish(&record.event, &record.token.clone().into())
-                .await?;
-            self.forget_record(&record.id).await;
-            relayed += 1;
-        }
-    }
-
-    /// Relays whatever a failure left behind, without holding up the request.
-    fn relay_in_background(self: &Arc<Self>) {
-        let events = Arc::clone(self);
-        tokio::spawn(async move {
-            match events.relay_outbox().await {
-                Ok(count) => tracing::info!(count, "outbox backlog relayed"),
-                Err(err) => {
-                    events.backlog.store(true, Ordering::Release);
-                    tracing::warn!(error = %err, "outbox backlog not relayed yet");
-                }
-            }
-        });
-    }
-
-    async fn forget_record(&self, id: &str) {
-        if let Err(err) = self.outbox.delete_one(doc! { "_id": id }).await {
-            // The relay will publish it again; the consumer counts it once.
-            tracing::warn!(event_id = id, error = %err, "published event left in the outbox");
-        }
-    }
-
     /// Publishes `event` with `token` in its `Authorization` header and waits
-    /// for the broker's confirm. Prefer [`Events::emit`], which cannot lose it.
+    /// for the broker's confirm. Handlers never call this: they record the
+    /// event in the outbox, and the relay publishes it.
     pub async fn publish(&self, event: &Event, token: &SecretString) -> Result<(), PublishError> {
         let body = serde_json::to_vec(event).expect("an Event always serializes");
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "Authorization".into(),
-            AMQPValue::LongString(LongString::from(format!(
-                "Bearer {}",
-                token.expose_secret()
-            ))),
-        );
         let message_id = event.id.to_string();
-        self.publish_raw(Outgoing {
-            queue: event.kind.queue(),
-            body: &body,
-            message_id: &message_id,
-            kind: event.kind.queue(),
-            headers,
-        })
-        .await
+        self.publish_raw(Outgoing::event(event, &body, &message_id, token))
+            .await
     }
 
     /// Publishes any message, persistent and confirmed, to a queue of this deployment.
     pub async fn publish_raw(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
+        match self.publish_batch(vec![message]).await?.as_slice() {
+            [true] => Ok(()),
+            _ => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Publishes `messages` in order on the one channel, then waits for all
+    /// their confirms together (one round trip for the batch, not one per
+    /// message). `Ok` holds, per message, whether the broker took it
+    /// (acked and routed to its queue); `Err` means the channel failed or the
+    /// broker did not answer within [`BROKER_TIMEOUT`], and none may be counted
+    /// as published.
+    pub async fn publish_batch(
+        &self,
+        messages: Vec<Outgoing<'_>>,
+    ) -> Result<Vec<bool>, PublishError> {
         let channel = self.channel().await?;
-        let result = self.publish_on(&channel, message).await;
-        if result.is_err() {
-            // Reconnect next time rather than retrying on a channel in doubt.
+        let sent = tokio::time::timeout(BROKER_TIMEOUT, async {
+            let mut confirms = Vec::with_capacity(messages.len());
+            for message in messages {
+                confirms.push(self.send(&channel, message).await?);
+            }
+            let mut taken = Vec::with_capacity(confirms.len());
+            for confirm in confirms {
+                let confirmation = confirm.await?;
+                taken.push(confirmation.is_ack() && confirmation.take_message().is_none());
+            }
+            Ok::<_, lapin::Error>(taken)
+        })
+        .await;
+        let result = match sent {
+            Ok(Ok(taken)) => Ok(taken),
+            Ok(Err(err)) => Err(PublishError::Broker(err)),
+            Err(_) => Err(PublishError::Timeout(BROKER_TIMEOUT)),
+        };
+        let in_doubt = match &result {
+            Ok(taken) => taken.contains(&false),
+            Err(_) => true,
+        };
+        if in_doubt {
+            // Reconnect next time rather than go on with a channel in doubt.
             self.forget_channel(&channel).await;
         }
         result
     }
 
-    async fn publish_on(
+    /// Sends one message (mandatory, so an unroutable one comes back) and
+    /// returns its confirm, still to be awaited.
+    async fn send(
         &self,
         channel: &Channel,
         message: Outgoing<'_>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<PublisherConfirm, lapin::Error> {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -330,28 +240,18 @@ impl Events {
             .with_timestamp(timestamp)
             .with_headers(message.headers);
         let queue = self.queue_name(message.queue);
-        let confirm = tokio::time::timeout(BROKER_TIMEOUT, async {
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    message.body,
-                    properties,
-                )
-                .await?
-                .await
-        })
-        .await
-        .map_err(|_| PublishError::Timeout(BROKER_TIMEOUT))??;
-        if confirm.is_ack() && confirm.take_message().is_none() {
-            Ok(())
-        } else {
-            Err(PublishError::Nacked)
-        }
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                message.body,
+                properties,
+            )
+            .await
     }
 
     async fn channel(&self) -> Result<Channel, PublishError> {
@@ -397,12 +297,6 @@ impl Events {
     }
 }
 
-fn later(from: DateTime, by: Duration) -> DateTime {
-    DateTime::from_millis(
-        from.timestamp_millis()
-            .saturating_add(by.as_millis() as i64),
-    )
-}
 /// The AMQP frame size asked for when `RABBITMQ_URI` names none. lapin keeps
 /// two I/O buffers of 32 frames each. With no `frame_max` in the URI it starts
 /// them at the protocol's minimum and, after negotiating RabbitMQ's default

@@ -22,7 +22,6 @@ use axum::{
     routing::get,
 };
 use lambda_http::RequestExt as _;
-use secrecy::SecretString;
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tracing::Instrument as _;
@@ -105,6 +104,15 @@ impl From<StoreError> for ApiError {
         } else {
             ApiError::Internal(err.into())
         }
+    }
+}
+
+impl ApiError {
+    /// The answer when a request's event could not be recorded in the outbox:
+    /// 503, so the client retries, rather than an event silently lost.
+    pub fn event_not_recorded(err: StoreError) -> Self {
+        tracing::error!(error = %err, "record event in the outbox");
+        ApiError::Unavailable("the event could not be recorded; try again shortly".into())
     }
 }
 
@@ -247,8 +255,6 @@ pub struct AuthUser {
     /// The role the token was issued with. Admin routes use [`AdminUser`] instead,
     /// which re-reads the role from the database.
     pub role: Role,
-    /// The raw token, forwarded in event headers.
-    pub token: SecretString,
 }
 
 impl FromRequestParts<Arc<Deps>> for AuthUser {
@@ -286,11 +292,11 @@ impl AuthUser {
             })
             .filter(|token| !token.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+        // An event token (it has an audience) is refused here, on every route.
         let claims = deps.tokens.verify(token)?;
         Ok(Self {
             username: claims.sub,
             role: claims.role,
-            token: token.to_owned().into(),
         })
     }
 }

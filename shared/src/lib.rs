@@ -8,6 +8,7 @@ pub mod domain;
 pub mod events;
 pub mod finance;
 pub mod http;
+pub mod relay;
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -21,6 +22,7 @@ use crate::{
     auth::{KnownUsers, Passwords, TokenKeys},
     config::Config,
     events::Events,
+    relay::Relay,
     store::{IndexError, Store, StoreError},
 };
 
@@ -37,6 +39,8 @@ pub enum StartError {
 pub struct Deps {
     pub config: Config,
     pub store: Store,
+    /// The broker: only the relay and the consumer's dead-lettering publish;
+    /// a handler records its event in the outbox instead.
     pub events: Arc<Events>,
     pub tokens: TokenKeys,
     pub passwords: Passwords,
@@ -62,13 +66,24 @@ impl Deps {
             Err(err) => return Err(err.into()),
         }
         Ok(Arc::new(Self {
-            events: Arc::new(Events::new(&config, store.outbox.clone())),
+            events: Arc::new(Events::new(&config)),
             tokens: TokenKeys::new(&config),
             passwords: Passwords::new(config.bcrypt_cost),
             known_users: KnownUsers::new(config.accounts.user_check_cache),
             store,
             config,
         }))
+    }
+}
+
+impl Deps {
+    /// The outbox relay over this process's store, broker and keys.
+    pub fn relay(&self) -> Relay<'_> {
+        Relay {
+            store: &self.store,
+            events: &self.events,
+            tokens: &self.tokens,
+        }
     }
 }
 

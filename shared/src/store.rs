@@ -6,8 +6,10 @@
 //! (the password as BSON binary) is read in both forms.
 
 mod login_failures;
+mod outbox;
 
 pub use login_failures::{FailureWindow, ThrottleKey};
+pub use outbox::{OutboxBacklog, OutboxClaim, OutboxRecord};
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -28,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     auth::Role,
     config::Config,
-    events::OutboxRecord,
     finance::{NewApplication, PageRequest, Status},
 };
 

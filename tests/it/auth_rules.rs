@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use finapp_shared::auth::{Claims, Role};
-use finapp_tests::{TestApp, TestEnv, all_functions, send};
+use finapp_tests::{TestApp, TestEnv, all_functions, expose, send};
 use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -88,6 +88,7 @@ async fn every_protected_route_refuses_missing_and_bad_tokens_with_a_401_and_wri
         role: Role::Admin,
         iat: now,
         exp: now + 600,
+        aud: None,
     };
     let expired = Claims {
         iat: now - 7200,
@@ -132,6 +133,15 @@ async fn every_protected_route_refuses_missing_and_bad_tokens_with_a_401_and_wri
             Some(format!(
                 "Bearer {}",
                 signed(&live, "another-secret-another-secret-another")
+            )),
+        ),
+        // What the relay puts on an event: signed with the right key, for an
+        // existing admin, and still refused, having an audience.
+        (
+            "event",
+            Some(format!(
+                "Bearer {}",
+                expose(&app.deps.tokens.issue_event("root_admin"))
             )),
         ),
         ("missing", None),

@@ -160,7 +160,8 @@ async fn the_bundle_takes_over_the_database_and_broker_the_original_leaves() {
     );
 
     // Everything starts; the old admin logs in with the old password, and the
-    // login's event flows through the adopted, still non-durable, queue.
+    // login's event flows (relayed by notify-consumer) through the adopted,
+    // still non-durable, queue.
     let login = FunctionProcess::start("login", &env).await;
     // A message an old publisher left in its queue: plain text, bare token of {sub, exp}.
     let exp = jsonwebtoken::get_current_timestamp() + 600;
@@ -207,15 +208,15 @@ async fn the_bundle_takes_over_the_database_and_broker_the_original_leaves() {
         },
     )
     .await;
-    let warning = login
-        .process
+    // notify-consumer is the only process of the bundle that opens the
+    // broker (its consumer and its relay): the warning is its, once per queue.
+    let warning = consumer
         .wait_for_line("queue exists with other arguments", Duration::from_secs(5))
         .await;
     assert!(warning.contains("durable"), "{warning}");
     let adopted = |line: &&String| line.contains("queue exists with other arguments");
     assert_eq!(
-        login
-            .process
+        consumer
             .output()
             .iter()
             .filter(adopted)
@@ -223,6 +224,10 @@ async fn the_bundle_takes_over_the_database_and_broker_the_original_leaves() {
             .count(),
         1,
         "the warning is given once per queue"
+    );
+    assert!(
+        !login.process.output().iter().any(|line| adopted(&line)),
+        "the login function declared queues: it must never open the broker"
     );
     drop(consumer);
 }

@@ -13,7 +13,7 @@ use finapp_shared::{
     events::{Event, EventType},
 };
 use finapp_tests::{
-    Process, TestEnv, expose, free_port, function_binary,
+    Process, TestEnv, event_token, expose, free_port, function_binary,
     routes::{Route, Table, deploy_tool},
     wait_for, workspace_root,
 };
@@ -244,4 +244,29 @@ async fn notify_consumer_answers_an_amazon_mq_event_under_the_emulator() {
         json!({"recorded": 0, "duplicates": 1, "dead_lettered": 0})
     );
     assert_eq!(env.count("user_analytics").await, 1);
+}
+
+#[tokio::test]
+async fn notify_consumer_relays_the_outbox_when_the_schedule_invokes_it_under_the_emulator() {
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let login = Event::new(
+        EventType::UserActivity,
+        "rie_scheduled",
+        "User rie_scheduled logged in",
+    );
+    deps.store.record_event(&login).await.unwrap();
+    // The committed sample of what an EventBridge schedule delivers.
+    let fixture = workspace_root().join("functions/notify-consumer/fixtures/schedule-event.json");
+    let schedule: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+
+    let rie = Rie::start("notify-consumer", &env).await;
+    assert_eq!(rie.invoke(&schedule).await, json!({"published": 1}));
+    let message = env.next_message(EventType::UserActivity).await;
+    let event: Event = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(event.id, login.id);
+    event_token(&deps, &message, "rie_scheduled");
+    assert_eq!(env.count("outbox").await, 0);
+    // The next period finds nothing to do.
+    assert_eq!(rie.invoke(&schedule).await, json!({"published": 0}));
 }

@@ -157,6 +157,7 @@ async fn notify_consumer_records_an_amazon_mq_batch_once_however_often_it_is_ret
             role: Role::Admin,
             iat: 1,
             exp: u64::MAX / 2,
+            aud: None,
         },
         &jsonwebtoken::EncodingKey::from_secret(b"forged-forged-forged-forged-forged!"),
     )

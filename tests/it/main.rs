@@ -17,6 +17,7 @@ mod login;
 mod openapi;
 mod outage;
 mod processes;
+mod relay;
 mod routes;
 mod secrets;
 mod signup;

@@ -6,10 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use finapp_shared::{
-    auth::Role,
-    events::{Event, EventType},
-};
+use finapp_shared::events::{Event, EventType};
 use finapp_tests::{FunctionProcess, Process, Signal, TestEnv, function_binary, leaks, send};
 use mongodb::bson::Document;
 use serde_json::{Value, json};
@@ -203,15 +200,15 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
         .wait_for_line("\"consuming\"", Duration::from_secs(10))
         .await;
 
-    // The functions' own publisher: outbox record, publish with confirm, delete.
+    // As the functions record events: one outbox insert each; the
+    // notify-consumer process relays them, and is killed with them in flight.
     let publisher = tokio::spawn({
         let deps = deps.clone();
         async move {
             let mut events = Vec::with_capacity(EVENTS);
             for i in 0..EVENTS {
                 let event = stream_event(i);
-                let token = deps.tokens.issue(&event.username, Role::User);
-                deps.events.emit(&event, &token).await;
+                deps.store.record_event(&event).await.unwrap();
                 events.push(event);
             }
             events
@@ -257,9 +254,10 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
     // A batch delivered again (as a relay or a broker redelivery would): the
     // first 500 events, published a second time with their own ids.
     for event in &events[..500] {
-        let token = deps.tokens.issue(&event.username, Role::User);
-        deps.events.emit(event, &token).await;
+        let token = deps.tokens.issue_event(&event.username);
+        deps.events.publish(event, &token).await.unwrap();
     }
+    deps.events.close().await;
     finapp_tests::wait_for("the copies drained", Duration::from_secs(30), || async {
         (env.queue_depth(&queue).await == 0).then_some(())
     })

@@ -1,7 +1,7 @@
 //! `POST /signup` in plain HTTP mode against the real services.
 
 use finapp_shared::events::{Event, EventType};
-use finapp_tests::{TestApp, TestEnv, authorization_header, send};
+use finapp_tests::{RelayTask, TestApp, TestEnv, event_token, send};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -34,9 +34,10 @@ async fn signup_stores_a_bcrypt_hash_and_returns_a_token_for_that_user() {
 }
 
 #[tokio::test]
-async fn signup_publishes_user_registered_with_the_token_in_the_authorization_header() {
+async fn signup_publishes_user_registered_with_an_event_token_in_the_authorization_header() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, signup::router).await;
+    let _relay = RelayTask::spawn(app.deps.clone());
 
     let (status, body) = app
         .post_json(
@@ -48,10 +49,7 @@ async fn signup_publishes_user_registered_with_the_token_in_the_authorization_he
 
     let message = env.next_message(EventType::UserRegistered).await;
     let token = body["access_token"].as_str().unwrap();
-    assert_eq!(
-        authorization_header(&message).as_deref(),
-        Some(format!("Bearer {token}").as_str())
-    );
+    assert_ne!(event_token(&app.deps, &message, "eve_r"), token);
     let event: Event = serde_json::from_slice(&message.delivery.data).unwrap();
     assert_eq!(event.kind, EventType::UserRegistered);
     assert_eq!(event.username, "eve_r");

@@ -224,6 +224,13 @@ const AWS_BREAKS: &[(&str, &str, &str, &str)] = &[
         "Path: /log-in",
         "bundle checks",
     ),
+    // ... and an outbox relay schedule that never fires.
+    (
+        "template.yaml",
+        "Enabled: true",
+        "Enabled: false",
+        "bundle checks",
+    ),
 ];
 
 #[test]

@@ -11,12 +11,21 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use axum::Router;
-use finapp_shared::{Deps, auth::Role, config::Config, events::EventType, http};
+use finapp_shared::{
+    Deps,
+    auth::{EVENT_AUDIENCE, Role},
+    config::Config,
+    events::EventType,
+    http,
+};
 use lapin::{
     Connection, ConnectionProperties,
     message::BasicGetMessage,
@@ -137,6 +146,21 @@ impl TestEnv {
     pub fn with_mongodb(mut self, uri: &str) -> Self {
         self.mongodb_uri = uri.to_owned();
         self
+    }
+
+    /// Another view of this test's slice (same database, queue prefix and
+    /// key) whose processes use the broker at `uri`.
+    pub fn sharing_with_broker(&self, uri: &str) -> Self {
+        Self {
+            database: self.database.clone(),
+            queue_prefix: self.queue_prefix.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            bcrypt_cost: self.bcrypt_cost,
+            rabbitmq_uri: uri.to_owned(),
+            queue_type: self.queue_type,
+            mongodb_uri: self.mongodb_uri.clone(),
+            extra: self.extra.clone(),
+        }
     }
 
     /// This test's environment with the broker at `uri` instead of the shared one.
@@ -816,6 +840,112 @@ impl Drop for ConsumerTask {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Runs the outbox relay in-process until stopped or dropped, as
+/// notify-consumer runs it beside its consumer (without the consumer, so a
+/// test can read what it published from the queues).
+pub struct RelayTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RelayTask {
+    pub fn spawn(deps: Arc<Deps>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            deps.relay()
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            deps.events.close().await;
+        });
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Lets the round in progress finish, then stops.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RelayTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP listener that accepts connections and never answers: a broker
+/// behind a network partition, or a stuck one, as a client sees it. Every
+/// accepted socket is held open until the listener is dropped.
+pub struct SilentBroker {
+    /// An AMQP URI pointing at it.
+    pub uri: String,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentBroker {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                let mut held = Vec::new();
+                while let Ok((socket, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    held.push(socket);
+                }
+            }
+        });
+        Self {
+            uri: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            accepted,
+            task,
+        }
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The bearer token of a message the relay published, checked: an event
+/// token for `username`, signed with this deployment's key, that no HTTP
+/// route accepts. Returns it.
+pub fn event_token(deps: &Deps, message: &BasicGetMessage, username: &str) -> String {
+    let header = authorization_header(message).expect("the message has an Authorization header");
+    let token = header
+        .strip_prefix("Bearer ")
+        .expect("a bearer token")
+        .to_owned();
+    let claims = deps
+        .tokens
+        .verify_event(&token)
+        .expect("signed with this deployment's key");
+    assert_eq!(claims.sub, username);
+    assert_eq!(claims.aud.as_deref(), Some(EVENT_AUDIENCE));
+    assert!(
+        deps.tokens.verify(&token).is_err(),
+        "an event token passes as an access token"
+    );
+    token
 }
 
 /// Whether `text` contains any of `secrets` (all non-empty).

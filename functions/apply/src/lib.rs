@@ -1,5 +1,5 @@
-//! `POST /apply`: stores a finance application for the caller and publishes
-//! `application_submitted`, unless the caller already has the most pending
+//! `POST /apply`: stores a finance application for the caller and records
+//! `application_submitted` in the outbox, unless the caller already has the most pending
 //! applications allowed (`MAX_PENDING_APPLICATIONS`). `POST /apply-finance`, the path the original web
 //! client's form posts to, is the same endpoint under its old name.
 
@@ -28,7 +28,7 @@ pub struct ApplyResponse {
     pub submitted_by: String,
 }
 
-/// Submits a finance application for the caller; publishes `application_submitted`.
+/// Submits a finance application for the caller; records `application_submitted`.
 #[utoipa::path(post, path = "/apply", tag = "finance", request_body = ApplicationRequest,
     security(("bearer" = [])), responses(
         (status = 201, description = "Submitted as pending", body = ApplyResponse),
@@ -39,6 +39,7 @@ pub struct ApplyResponse {
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn apply(
@@ -60,6 +61,7 @@ pub async fn apply(
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn apply_finance(
@@ -96,7 +98,10 @@ async fn submit(
         user.username, application.amount
     );
     let event = Event::new(EventType::ApplicationSubmitted, &user.username, message);
-    deps.events.emit(&event, &user.token).await;
+    deps.store
+        .record_event(&event)
+        .await
+        .map_err(ApiError::event_not_recorded)?;
 
     Ok((
         StatusCode::CREATED,

@@ -1,4 +1,4 @@
-//! `GET /financing-options`: every financing option. It publishes no event: the
+//! `GET /financing-options`: every financing option. It records no event: the
 //! original web client loads the catalogue on several pages, and only an
 //! explicit `POST /log-financing-options-visit` counts as a financing check.
 

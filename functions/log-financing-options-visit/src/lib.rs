@@ -1,5 +1,5 @@
 //! `POST /log-financing-options-visit`: the original web client's options page
-//! calls it once per visit; it publishes the `user_activity` "checked financing
+//! calls it once per visit; it records the `user_activity` "checked financing
 //! options" event, the only event that analytics counts as a financing check.
 
 use std::sync::Arc;
@@ -30,6 +30,7 @@ pub struct VisitLogged {
         (status = 200, description = "Logged", body = VisitLogged),
         (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn log_visit(
@@ -38,7 +39,10 @@ pub async fn log_visit(
 ) -> Result<axum::Json<VisitLogged>, ApiError> {
     let message = format!("User {} checked financing options", user.username);
     let event = Event::new(EventType::UserActivity, &user.username, message);
-    deps.events.emit(&event, &user.token).await;
+    deps.store
+        .record_event(&event)
+        .await
+        .map_err(ApiError::event_not_recorded)?;
     Ok(axum::Json(VisitLogged {
         message: "Visit logged successfully".into(),
     }))

@@ -1,5 +1,5 @@
 //! `POST /login`: checks a username and password, returns an access token, and
-//! publishes a `user_activity` "logged in" event.
+//! records a `user_activity` "logged in" event in the outbox.
 //!
 //! An unknown user and a wrong password get the same answer in the same time:
 //! both run one bcrypt verification at the cost of the stored hashes. A stored
@@ -56,7 +56,7 @@ pub struct LoginResponse {
     pub role: Role,
 }
 
-/// Checks a username and password and returns an access token; publishes a
+/// Checks a username and password and returns an access token; records a
 /// `user_activity` "logged in" event.
 #[utoipa::path(post, path = "/login", tag = "auth", request_body = LoginRequest, responses(
         (status = 200, description = "Logged in", body = LoginResponse),
@@ -67,6 +67,7 @@ pub struct LoginResponse {
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 429, description = "Too many failed logins for this name or from this address; wait `Retry-After` seconds", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 pub async fn login(
@@ -131,7 +132,10 @@ pub async fn login(
         &user.username,
         format!("User {} logged in", user.username),
     );
-    deps.events.emit(&event, &token).await;
+    deps.store
+        .record_event(&event)
+        .await
+        .map_err(ApiError::event_not_recorded)?;
     tracing::info!("user logged in");
 
     Ok(axum::Json(LoginResponse {

@@ -5,14 +5,20 @@
 //! batches fill up, and a lone message is still written at once. Each message
 //! is acked only after its write succeeded (or after it reached the dead-letter
 //! queue), a database failure requeues the batch, and a lost connection is
-//! re-established with exponential backoff. The same process relays the
-//! publishers' outbox once a second.
+//! re-established with exponential backoff.
+//!
+//! The same process is the outbox relay ([`finapp_shared::relay`]): the one
+//! publisher of the functions' events. One process rather than a relay binary
+//! of its own: it already holds the broker, the database and the keys, and
+//! a deployment gains no second long-running workload to run and watch.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use finapp_shared::{
     Deps,
-    events::{DEAD_LETTER_QUEUE, EventType, Outgoing, connect_broker, declare_queues},
+    events::{
+        BROKER_TIMEOUT, DEAD_LETTER_QUEUE, EventType, Outgoing, connect_broker, declare_queues,
+    },
 };
 use futures_util::StreamExt as _;
 use lapin::{
@@ -32,7 +38,8 @@ pub const BATCH: usize = 128;
 pub const WRITERS: usize = 4;
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-const RELAY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stop waits for the batches already delivered to be recorded.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Pause before requeueing after a database failure, so a down database is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -49,17 +56,10 @@ pub async fn run(deps: Arc<Deps>, shutdown: impl Future<Output = ()>) {
 }
 
 async fn relay_outbox(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
-    loop {
-        match deps.events.relay_outbox().await {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "outbox events relayed"),
-            Err(err) => tracing::debug!(error = %err, "outbox relay waiting for the broker"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(RELAY_INTERVAL) => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
-        }
-    }
+    let stop = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    deps.relay().run(stop).await;
 }
 
 async fn consume(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
@@ -85,7 +85,19 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), lapin::Error> {
     let prefix = &deps.config.queue_prefix;
-    let connection = connect_broker(&deps.config.rabbitmq_uri, "finapp-notify-consumer").await?;
+    // Bounded, so a broker that accepts TCP and never answers (a partition)
+    // is retried with backoff, and a stop request is seen, instead of a hang.
+    let connection = tokio::time::timeout(
+        BROKER_TIMEOUT,
+        connect_broker(&deps.config.rabbitmq_uri, "finapp-notify-consumer"),
+    )
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("broker did not answer within {BROKER_TIMEOUT:?}"),
+        )
+    })??;
     declare_queues(&connection, prefix, deps.config.queue_type).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -97,7 +109,7 @@ async fn session(
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
-                format!("notify-consumer.{}", kind.queue()).as_str().into(),
+                consumer_tag(kind).as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -117,15 +129,27 @@ async fn session(
         .filter_map(|(kind, delivery)| std::future::ready(delivery.ok().map(|d| (kind, d))))
         .ready_chunks(BATCH)
         .for_each_concurrent(WRITERS, |batch| handle_batch(deps, batch));
+    tokio::pin!(work);
     let stop_requested = tokio::select! {
-        () = work => false,
+        () = &mut work => false,
         _ = stopped.wait_for(|stop| *stop) => true,
     };
     if stop_requested {
-        // Unacked messages return to their queues when the connection closes.
+        // No more deliveries; what was delivered is recorded and acked (for
+        // up to STOP_GRACE), the rest returns to the queues with the connection.
+        for kind in EventType::ALL {
+            let _ = channel
+                .basic_cancel(consumer_tag(kind).as_str().into(), Default::default())
+                .await;
+        }
+        let _ = tokio::time::timeout(STOP_GRACE, work).await;
         let _ = connection.close(200, "shutting down".into()).await;
     }
     Ok(())
+}
+
+fn consumer_tag(kind: EventType) -> String {
+    format!("notify-consumer.{}", kind.queue())
 }
 
 /// What a delivery carries that the handler reads, owned.

@@ -1,4 +1,5 @@
-//! The Lambda runtime: Amazon MQ for RabbitMQ event batches.
+//! The Lambda runtime: Amazon MQ for RabbitMQ event batches, and the
+//! scheduled outbox relay.
 //!
 //! The event is parsed with our own lenient types: real events carry fields such
 //! as `"priority": null` that stricter types reject. Each queue's messages are
@@ -6,11 +7,19 @@
 //! function fails, so every queue is processed before a database failure is
 //! reported (a failed queue's refused messages are dead-lettered on the retry,
 //! not twice), and the idempotent write makes the retry count each event once.
+//!
+//! An EventBridge schedule (`source: aws.events`, template.yaml) invokes the
+//! same function to relay the outbox: a mode of this handler rather than a
+//! function of its own, since it needs exactly this function's broker,
+//! database and keys, and a second bootstrap would add a build and a deploy
+//! for some twenty lines. The invocation drains the outbox for at most
+//! [`RELAY_BUDGET`] and closes its broker connection before it returns, so
+//! nothing is left running while Lambda freezes the instance.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use finapp_shared::Deps;
+use finapp_shared::{Deps, relay::RelayError};
 use lambda_runtime::{LambdaEvent, service_fn};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
@@ -91,22 +100,84 @@ pub struct BatchError {
     pub failed: usize,
 }
 
-impl From<BatchError> for lambda_runtime::Diagnostic {
-    fn from(err: BatchError) -> Self {
+/// After this long a scheduled invocation starts no more rounds. template.yaml
+/// gives the function 30 s, and one round takes 11 s at worst (a broker
+/// connect and a batch's confirms, 3 s each, and five database operations).
+pub const RELAY_BUDGET: Duration = Duration::from_secs(15);
+
+/// What a scheduled relay invocation did; returned as its result.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayReport {
+    pub published: usize,
+}
+
+/// The result of either kind of invocation.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Report {
+    Batch(BatchReport),
+    Relay(RelayReport),
+}
+
+/// Why an invocation failed, so that it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("outbox relay failed: {0}")]
+    Relay(#[from] RelayError),
+    #[error("neither an Amazon MQ event nor a scheduled event: {0}")]
+    Unrecognised(serde_json::Error),
+}
+
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(err: InvocationError) -> Self {
+        let error_type = match &err {
+            InvocationError::Batch(_) => "BatchRetry",
+            InvocationError::Relay(_) => "RelayFailed",
+            InvocationError::Unrecognised(_) => "UnrecognisedEvent",
+        };
         Self {
-            error_type: "BatchRetry".into(),
+            error_type: error_type.into(),
             error_message: err.to_string(),
         }
     }
 }
 
+/// Whether `event` is an EventBridge scheduled event (what a `Schedule`
+/// event in template.yaml delivers).
+pub fn is_scheduled(event: &Value) -> bool {
+    event.get("source").and_then(Value::as_str) == Some("aws.events")
+        || event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+}
+
 /// Serves Lambda invocations until the runtime stops.
 pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<RabbitMqEvent>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let deps = deps.clone();
-        async move { handle_batch(&deps, event.payload).await }
+        async move { handle(&deps, event.payload).await }
     }))
     .await
+}
+
+/// One invocation: a scheduled relay or an Amazon MQ batch, by its shape.
+pub async fn handle(deps: &Deps, event: Value) -> Result<Report, InvocationError> {
+    if is_scheduled(&event) {
+        return Ok(Report::Relay(relay(deps).await?));
+    }
+    let batch: RabbitMqEvent =
+        serde_json::from_value(event).map_err(InvocationError::Unrecognised)?;
+    Ok(Report::Batch(handle_batch(deps, batch).await?))
+}
+
+/// Drains the outbox for at most [`RELAY_BUDGET`], then closes the broker
+/// connection: a frozen instance's connection would be dead by the next run.
+pub async fn relay(deps: &Deps) -> Result<RelayReport, RelayError> {
+    let result = deps.relay().drain(RELAY_BUDGET).await;
+    deps.events.close().await;
+    let published = result?;
+    tracing::info!(published, "scheduled outbox relay done");
+    Ok(RelayReport { published })
 }
 
 /// One message of a batch, its body decoded from base64.
@@ -206,12 +277,6 @@ pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchRepo
             }
         }
     }
-    // Outbox events wait for a publisher's next success or for this relay.
-    match deps.events.relay_outbox().await {
-        Ok(0) => {}
-        Ok(count) => tracing::info!(count, "outbox events relayed"),
-        Err(err) => tracing::warn!(error = %err, "outbox relay failed"),
-    }
     tracing::info!(?report, failed, "batch processed");
     if failed > 0 {
         Err(BatchError { failed })
@@ -223,6 +288,16 @@ pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchRepo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheduled_event_is_told_from_an_amazon_mq_batch() {
+        let scheduled: Value =
+            serde_json::from_str(include_str!("../fixtures/schedule-event.json")).unwrap();
+        assert!(is_scheduled(&scheduled));
+        let batch: Value =
+            serde_json::from_str(include_str!("../fixtures/rmq-event.json")).unwrap();
+        assert!(!is_scheduled(&batch));
+    }
 
     #[test]
     fn a_real_event_with_null_fields_and_byte_headers_parses() {

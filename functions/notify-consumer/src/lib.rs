@@ -1,10 +1,13 @@
 //! notify-consumer: records every event from the four event queues in
-//! `user_analytics`, exactly once per event id.
+//! `user_analytics`, exactly once per event id, and relays the outbox (the
+//! events the HTTP functions recorded) to those queues.
 //!
-//! One binary, two runtimes, one handler ([`process::process_batch`]):
+//! One binary, two runtimes, one handler ([`process::process_batch`]) and one
+//! relay ([`finapp_shared::relay::Relay`]):
 //! - long-running (Kubernetes): [`amqp::run`] consumes with lapin, acks after
-//!   the write, reconnects with backoff, and relays the outbox;
-//! - Lambda: [`lambda::handle_batch`] takes Amazon MQ for RabbitMQ event batches.
+//!   the write, reconnects with backoff, and runs the relay beside it;
+//! - Lambda: [`lambda::handle`] takes Amazon MQ for RabbitMQ event batches,
+//!   and drains the outbox when an EventBridge schedule invokes it.
 
 pub mod amqp;
 pub mod lambda;

@@ -1,5 +1,5 @@
 //! `POST /select-financing-option {"option_id"}`: records the caller's one
-//! selected option and publishes `financing_option_selected`.
+//! selected option and records `financing_option_selected` in the outbox.
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ pub struct SelectResponse {
 }
 
 /// Records the caller's one selected option (replacing any earlier one);
-/// publishes `financing_option_selected`.
+/// records `financing_option_selected`.
 #[utoipa::path(post, path = "/select-financing-option", tag = "finance", request_body = SelectRequest,
     security(("bearer" = [])), responses(
         (status = 200, description = "Selected", body = SelectResponse),
@@ -45,6 +45,7 @@ pub struct SelectResponse {
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %user.username))]
 pub async fn select(
@@ -65,7 +66,10 @@ pub async fn select(
     let name = option.get_str("option_name").unwrap_or("an option");
     let message = format!("User {} selected {name}", user.username);
     let event = Event::new(EventType::FinancingOptionSelected, &user.username, message);
-    deps.events.emit(&event, &user.token).await;
+    deps.store
+        .record_event(&event)
+        .await
+        .map_err(ApiError::event_not_recorded)?;
 
     Ok(axum::Json(SelectResponse {
         message: "Financing option selected successfully".into(),

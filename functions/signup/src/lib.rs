@@ -1,5 +1,5 @@
-//! `POST /signup`: registers a user, returns an access token, and publishes
-//! `user_registered`.
+//! `POST /signup`: registers a user, returns an access token, and records
+//! `user_registered` in the outbox.
 
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ pub struct SignupResponse {
     pub token_type: String,
 }
 
-/// Registers a user and returns an access token; publishes `user_registered`.
+/// Registers a user and returns an access token; records `user_registered`.
 #[utoipa::path(post, path = "/signup", tag = "auth", request_body = SignupRequest, responses(
         (status = 201, description = "Registered", body = SignupResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
@@ -48,6 +48,7 @@ pub struct SignupResponse {
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 pub async fn signup(
@@ -77,7 +78,10 @@ pub async fn signup(
         username.as_str(),
         format!("User {} registered", username.as_str()),
     );
-    deps.events.emit(&event, &token).await;
+    deps.store
+        .record_event(&event)
+        .await
+        .map_err(ApiError::event_not_recorded)?;
 
     Ok((
         StatusCode::CREATED,
