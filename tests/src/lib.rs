@@ -809,26 +809,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Runs the notify-consumer's long-running mode in-process until dropped.
-pub struct ConsumerTask {
+/// A background task of a test, run until told to stop, or aborted when dropped.
+struct Stoppable {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl ConsumerTask {
-    pub fn spawn(deps: Arc<Deps>) -> Self {
+impl Stoppable {
+    /// Spawns `run`, giving it the receiver that resolves when [`Stoppable::stop`] is called.
+    fn spawn<Fut>(run: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut) -> Self
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(notify_consumer::amqp::run(deps, async move {
-            let _ = stopped.await;
-        }));
         Self {
             stop: Some(stop),
-            task,
+            task: tokio::spawn(run(stopped)),
         }
     }
 
-    /// Stops consuming and waits for in-flight messages to settle.
-    pub async fn stop(mut self) {
+    /// Signals the stop and waits for the task to finish what it has begun.
+    async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -836,49 +837,50 @@ impl ConsumerTask {
     }
 }
 
-impl Drop for ConsumerTask {
+impl Drop for Stoppable {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Runs notify-consumer's AMQP loop in-process until stopped or dropped.
+pub struct ConsumerTask(Stoppable);
+
+impl ConsumerTask {
+    pub fn spawn(deps: Arc<Deps>) -> Self {
+        Self(Stoppable::spawn(|stopped| {
+            notify_consumer::amqp::run(deps, async move {
+                let _ = stopped.await;
+            })
+        }))
+    }
+
+    /// Stops consuming and waits for in-flight messages to settle.
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
 /// Runs the outbox relay in-process until stopped or dropped, as
 /// notify-consumer runs it beside its consumer (without the consumer, so a
 /// test can read what it published from the queues).
-pub struct RelayTask {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct RelayTask(Stoppable);
 
 impl RelayTask {
     pub fn spawn(deps: Arc<Deps>) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        Self(Stoppable::spawn(|stopped| async move {
             deps.relay()
                 .run(async move {
                     let _ = stopped.await;
                 })
                 .await;
             deps.events.close().await;
-        });
-        Self {
-            stop: Some(stop),
-            task,
-        }
+        }))
     }
 
     /// Lets the round in progress finish, then stops.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for RelayTask {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
