@@ -282,6 +282,18 @@ fn stream_tokens(deps: &finapp_shared::Deps) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The counters, and a full count of the stored events, both equal [`stream`]'s.
+async fn assert_counters_match_the_stream(deps: &finapp_shared::Deps) {
+    assert_eq!(
+        deps.store.analytics_summary().await.unwrap(),
+        expected_summary()
+    );
+    assert_eq!(
+        deps.store.analytics_summary_from_events().await.unwrap(),
+        expected_summary()
+    );
+}
+
 fn expected_summary() -> AnalyticsSummary {
     let per_user: BTreeMap<String, u64> = ["ann", "bob", "cy"]
         .iter()
@@ -315,14 +327,7 @@ async fn counters_count_a_batch_once_however_often_it_is_redelivered() {
             .chain(&third)
             .all(|outcome| *outcome == Outcome::Duplicate)
     );
-    assert_eq!(
-        deps.store.analytics_summary().await.unwrap(),
-        expected_summary()
-    );
-    assert_eq!(
-        deps.store.analytics_summary_from_events().await.unwrap(),
-        expected_summary()
-    );
+    assert_counters_match_the_stream(&deps).await;
     assert_eq!(
         env.db()
             .await
@@ -388,14 +393,7 @@ async fn events_stored_by_a_consumer_that_crashed_before_counting_are_counted_on
         outcomes.iter().filter(|o| **o == Outcome::Recorded).count(),
         10
     );
-    assert_eq!(
-        deps.store.analytics_summary().await.unwrap(),
-        expected_summary()
-    );
-    assert_eq!(
-        deps.store.analytics_summary_from_events().await.unwrap(),
-        expected_summary()
-    );
+    assert_counters_match_the_stream(&deps).await;
 }
 
 #[tokio::test]

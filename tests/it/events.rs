@@ -381,16 +381,7 @@ async fn forged_and_poison_messages_go_to_the_dead_letter_queue_and_the_consumer
             "unknown event type",
         ]
     );
-    let users: Vec<String> = env
-        .db()
-        .await
-        .collection::<Document>("user_analytics")
-        .distinct("username", doc! {})
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|u| u.as_str().map(str::to_owned))
-        .collect();
+    let users = env.distinct_strings("user_analytics", "username").await;
     assert_eq!(users, ["victim"]);
     consumer.stop().await;
 }

@@ -8,7 +8,6 @@ use std::{
 
 use finapp_shared::events::{Event, EventType};
 use finapp_tests::{FunctionProcess, Process, Signal, TestEnv, function_binary, leaks, send};
-use mongodb::bson::Document;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -294,16 +293,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
         deps.store.analytics_summary_from_events().await.unwrap(),
         expected
     );
-    let recorded: Vec<String> = env
-        .db()
-        .await
-        .collection::<Document>("user_analytics")
-        .distinct("event_id", Document::new())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let recorded = env.distinct_strings("user_analytics", "event_id").await;
     assert_eq!(env.count("user_analytics").await, EVENTS as u64);
     assert_eq!(recorded.len(), EVENTS, "an event was recorded twice");
     assert_eq!(recorded.into_iter().collect::<HashSet<_>>(), published);

@@ -124,14 +124,9 @@ async fn emit_everywhere(
 }
 
 async fn outbox_ids(env: &TestEnv) -> HashSet<String> {
-    env.db()
+    env.distinct_strings("outbox", "_id")
         .await
-        .collection::<Document>("outbox")
-        .distinct("_id", doc! {})
-        .await
-        .unwrap()
         .into_iter()
-        .map(|id| id.as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -289,16 +284,7 @@ async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_onc
     second.signal(Signal::SIGTERM);
     second.wait_exit(Duration::from_secs(15)).await;
 
-    let stored: Vec<String> = env
-        .db()
-        .await
-        .collection::<Document>("user_analytics")
-        .distinct("event_id", doc! {})
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let stored = env.distinct_strings("user_analytics", "event_id").await;
     assert_eq!(
         env.count("user_analytics").await,
         EVENTS as u64,

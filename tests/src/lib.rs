@@ -111,6 +111,19 @@ impl TestEnv {
         }
     }
 
+    /// The distinct values of `field` in `collection`, each a string.
+    pub async fn distinct_strings(&self, collection: &str, field: &str) -> Vec<String> {
+        self.db()
+            .await
+            .collection::<mongodb::bson::Document>(collection)
+            .distinct(field, mongodb::bson::Document::new())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|value| value.as_str().expect("a string").to_owned())
+            .collect()
+    }
+
     /// The environment a function process of this test gets.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         vec![
