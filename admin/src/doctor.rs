@@ -6,7 +6,7 @@ use finapp_shared::{
     auth::Passwords,
     config::Config,
     events::{connect_broker, probe_queue, queue_names},
-    store::{Store, StoreError, list_counts},
+    store::{Context as _, Store, StoreError, collections, list_counts},
 };
 use futures_util::TryStreamExt as _;
 use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
@@ -91,14 +91,16 @@ pub async fn doctor(store: &Store, config: &Config) -> Result<Vec<Finding>, Admi
         format!("plaintext passwords in users: {}", plaintext.join(", ")),
         "finapp-admin migrate stores them as bcrypt hashes",
     );
-    let users = store.database().collection::<Document>("users");
-    let applications = store.database().collection::<Document>("applications");
+    let users = store.database().collection::<Document>(collections::USERS);
+    let applications = store
+        .database()
+        .collection::<Document>(collections::APPLICATIONS);
     found(
         Severity::Note,
         users
             .count_documents(doc! { "role": { "$exists": false } })
             .await
-            .map_err(StoreError::from)?,
+            .context("count users without role")?,
         "users without role".into(),
         "they are plain users, as in the original",
     );
@@ -107,7 +109,7 @@ pub async fn doctor(store: &Store, config: &Config) -> Result<Vec<Finding>, Admi
         applications
             .count_documents(doc! { "submitted_at": { "$exists": false } })
             .await
-            .map_err(StoreError::from)?,
+            .context("count undated applications")?,
         "applications without submitted_at".into(),
         "shown without it, listed after dated ones",
     );
@@ -120,7 +122,7 @@ pub async fn doctor(store: &Store, config: &Config) -> Result<Vec<Finding>, Admi
         applications
             .count_documents(integer_amount)
             .await
-            .map_err(StoreError::from)?,
+            .context("count integer amounts")?,
         "applications with an integer amount".into(),
         "shown as stored",
     );
@@ -148,12 +150,14 @@ pub async fn doctor(store: &Store, config: &Config) -> Result<Vec<Finding>, Admi
 async fn plaintext_passwords(store: &Store) -> Result<Vec<String>, StoreError> {
     let users: Vec<Document> = store
         .database()
-        .collection::<Document>("users")
+        .collection::<Document>(collections::USERS)
         .find(doc! {})
         .projection(doc! { "username": 1, "password": 1 })
-        .await?
+        .await
+        .context("read passwords")?
         .try_collect()
-        .await?;
+        .await
+        .context("read passwords")?;
     Ok(users
         .iter()
         .filter(|user| stored_text(user.get("password")).is_some_and(|text| !is_bcrypt(&text)))
@@ -220,16 +224,16 @@ pub async fn migrate(store: &Store, passwords: &Passwords) -> Result<Migrated, A
             )));
         }
     }
-    let users = store.database().collection::<Document>("users");
+    let users = store.database().collection::<Document>(collections::USERS);
     let mut migrated = Migrated::default();
     let stored: Vec<Document> = users
         .find(doc! {})
         .projection(doc! { "_id": 1, "password": 1 })
         .await
-        .map_err(StoreError::from)?
+        .context("read passwords")?
         .try_collect()
         .await
-        .map_err(StoreError::from)?;
+        .context("read passwords")?;
     for user in stored {
         let Some(old) = user.get("password") else {
             continue;
@@ -249,7 +253,7 @@ pub async fn migrate(store: &Store, passwords: &Passwords) -> Result<Migrated, A
                 doc! { "$set": { "password": hash } },
             )
             .await
-            .map_err(StoreError::from)?;
+            .context("store migrated password")?;
         migrated.passwords_hashed += result.modified_count;
     }
     store

@@ -11,7 +11,7 @@ use std::{
 use finapp_shared::{
     events::{Event, EventType, Events},
     finance::{PageRequest, Status},
-    store::{AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store},
+    store::{AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store, collections},
 };
 use futures_util::TryStreamExt as _;
 use mongodb::{
@@ -75,7 +75,9 @@ pub async fn status_queries(
     concurrency: usize,
     duration: Duration,
 ) -> Figure {
-    let applications = store.applications.clone_with_type::<Document>();
+    let applications = store
+        .database()
+        .collection::<Document>(collections::APPLICATIONS);
     let users = Arc::new(users.to_vec());
     let first_page = i64::try_from(PageRequest::MAX_PER_PAGE + 1).unwrap_or(i64::MAX);
     closed_loop(concurrency, duration, move |task, iteration| {
@@ -99,7 +101,8 @@ pub async fn status_queries(
 /// The number of applications `GET /status` returns for `user`, to check the fixture.
 pub async fn applications_of(store: &Store, user: &str) -> mongodb::error::Result<u64> {
     store
-        .applications
+        .database()
+        .collection::<ApplicationDoc>(collections::APPLICATIONS)
         .count_documents(doc! { "submitted_by": user })
         .await
 }
@@ -156,7 +159,8 @@ async fn apply_once(
         status_history: vec![created],
     };
     store
-        .applications
+        .database()
+        .collection::<ApplicationDoc>(collections::APPLICATIONS)
         .insert_one(&application)
         .await
         .map_err(|_| ApplyFailure::Store)?;
@@ -168,7 +172,8 @@ async fn apply_once(
     );
     let record = OutboxRecord::new(&event);
     store
-        .outbox
+        .database()
+        .collection::<OutboxRecord>(collections::OUTBOX)
         .insert_one(&record)
         .await
         .map_err(|_| ApplyFailure::Store)?;
@@ -180,7 +185,8 @@ async fn apply_once(
             .map_err(|_| ApplyFailure::Publish)?;
     }
     store
-        .outbox
+        .database()
+        .collection::<OutboxRecord>(collections::OUTBOX)
         .delete_one(doc! { "_id": &record.id })
         .await
         .map_err(|_| ApplyFailure::Store)?;

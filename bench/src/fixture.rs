@@ -7,7 +7,7 @@ use finapp_shared::{
     config::Config,
     events::{DEAD_LETTER_QUEUE, EventType, declare_queues},
     finance::NewApplication,
-    store::{Store, UserDoc},
+    store::{Store, UserDoc, collections},
 };
 use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -219,8 +219,8 @@ pub async fn insert_users(store: &Store, names: &[String]) -> Result<()> {
         .collect();
     for chunk in people.chunks(1_000) {
         store
-            .users
-            .clone_with_type::<mongodb::bson::Document>()
+            .database()
+            .collection::<mongodb::bson::Document>(collections::USERS)
             .insert_many(chunk)
             .await
             .map_err(|err| Error::Setup(format!("cannot store the users: {err}")))?;

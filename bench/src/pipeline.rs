@@ -11,7 +11,7 @@ use std::{
 
 use finapp_shared::{
     events::{DEAD_LETTER_QUEUE, Event, EventType, Events},
-    store::Store,
+    store::{Store, collections},
 };
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
@@ -99,11 +99,20 @@ pub async fn publish_and_wait(
 
     let expected = (count - publish_failures) as u64;
     let deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 500);
-    while store.analytics.count_documents(doc! {}).await? < expected && Instant::now() < deadline {
+    while store
+        .database()
+        .collection::<Document>(collections::ANALYTICS)
+        .count_documents(doc! {})
+        .await?
+        < expected
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 
-    let analytics = store.analytics.clone_with_type::<Document>();
+    let analytics = store
+        .database()
+        .collection::<Document>(collections::ANALYTICS);
     let last_write = analytics
         .find_one(doc! {})
         .sort(doc! { "received_at": -1 })

@@ -14,7 +14,7 @@ use finapp_shared::{
     auth::{Role, TokenKeys},
     events::Events,
     finance::PageRequest,
-    store::{FINANCING_CHECK_MARKER, LOGIN_MARKER, Store},
+    store::{FINANCING_CHECK_MARKER, LOGIN_MARKER, Store, collections},
 };
 use mongodb::bson::{DateTime, Document, doc};
 use secrecy::ExposeSecret as _;
@@ -99,7 +99,9 @@ async fn seed(
             "status_history": [{ "status": "pending", "by": user, "at": now }],
         }
     };
-    let documents = store.applications.clone_with_type::<Document>();
+    let documents = store
+        .database()
+        .collection::<Document>(collections::APPLICATIONS);
     let probe_count = (PROBE_USERS * PROBE_APPLICATIONS).min(applications);
     let all: Vec<Document> = (0..applications)
         .map(|i| {
@@ -119,8 +121,8 @@ async fn seed(
         .collect();
     for chunk in people.chunks(BATCH) {
         store
-            .users
-            .clone_with_type::<Document>()
+            .database()
+            .collection::<Document>(collections::USERS)
             .insert_many(chunk)
             .await?;
     }
@@ -139,7 +141,9 @@ async fn seed(
 /// would have written; `rebuild_analytics_counters` gives the same).
 async fn seed_events(store: &Store, users: usize, events: usize) -> Result<()> {
     let now = DateTime::now();
-    let analytics = store.analytics.clone_with_type::<Document>();
+    let analytics = store
+        .database()
+        .collection::<Document>(collections::ANALYTICS);
     let mut counters: Vec<(i64, i64, i64)> = vec![(0, 0, 0); users];
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..events {
@@ -171,7 +175,11 @@ async fn seed_events(store: &Store, users: usize, events: usize) -> Result<()> {
             "financing_checks": checks, "types": { "user_activity": n }, "recent": [] }
         })
         .collect();
-    store.analytics_counters.insert_many(docs).await?;
+    store
+        .database()
+        .collection::<Document>(collections::ANALYTICS_COUNTERS)
+        .insert_many(docs)
+        .await?;
     Ok(())
 }
 

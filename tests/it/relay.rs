@@ -10,7 +10,7 @@ use std::{
 use finapp_shared::{
     auth::{EVENT_AUDIENCE, Role},
     events::{Event, EventType},
-    store::OutboxRecord,
+    store::{OutboxRecord, collections},
 };
 use finapp_tests::{
     Process, RABBITMQ_URI, RelayTask, Signal, SilentBroker, TestApp, TestEnv, all_functions,
@@ -232,9 +232,12 @@ async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_onc
             )
         })
         .collect();
+    let records = deps
+        .store
+        .database()
+        .collection::<OutboxRecord>(collections::OUTBOX);
     for chunk in events.chunks(500) {
-        deps.store
-            .outbox
+        records
             .insert_many(chunk.iter().map(OutboxRecord::new))
             .await
             .unwrap();
@@ -445,7 +448,8 @@ async fn a_request_whose_event_cannot_be_recorded_fails_with_503() {
     // each user below, the requests' own events cannot be inserted.
     app.deps
         .store
-        .outbox
+        .database()
+        .collection::<Document>(collections::OUTBOX)
         .create_index(
             IndexModel::builder()
                 .keys(doc! { "event.username": 1 })

@@ -12,7 +12,7 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{DateTime, doc};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, upsert};
+use super::{Context as _, Store, StoreError, upsert};
 
 /// What a failure is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +53,11 @@ impl Store {
         let windows: Vec<FailureWindow> = self
             .login_failures
             .find(doc! { "_id": { "$in": &ids }, "expires_at": { "$gt": now } })
-            .await?
+            .await
+            .context("find login failures")?
             .try_collect()
-            .await?;
+            .await
+            .context("find login failures")?;
         Ok(windows
             .iter()
             .filter(|window| {
@@ -80,7 +82,8 @@ impl Store {
         let now = DateTime::now();
         self.login_failures
             .delete_many(doc! { "expires_at": { "$lte": now } })
-            .await?;
+            .await
+            .context("record login failure")?;
         let millis = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         let ends = DateTime::from_millis(now.timestamp_millis().saturating_add(millis));
         for key in keys {
@@ -88,7 +91,13 @@ impl Store {
                 "$inc": { "failures": 1_i64 },
                 "$setOnInsert": { "expires_at": ends },
             };
-            upsert(&self.login_failures, doc! { "_id": key.id() }, update).await?;
+            upsert(
+                "record login failure",
+                &self.login_failures,
+                doc! { "_id": key.id() },
+                update,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -97,7 +106,8 @@ impl Store {
     pub async fn clear_login_failures(&self, key: ThrottleKey<'_>) -> Result<(), StoreError> {
         self.login_failures
             .delete_one(doc! { "_id": key.id() })
-            .await?;
+            .await
+            .context("clear login failures")?;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{DateTime, Document, doc};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Context as _, Store, StoreError};
 use crate::events::Event;
 
 /// An event waiting in the `outbox` collection to be published.
@@ -75,7 +75,10 @@ pub struct OutboxBacklog {
 impl Store {
     /// Records `event` in the outbox: the request's one write for its event.
     pub async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.outbox.insert_one(OutboxRecord::new(event)).await?;
+        self.outbox
+            .insert_one(OutboxRecord::new(event))
+            .await
+            .context("record event")?;
         Ok(())
     }
 
@@ -97,10 +100,12 @@ impl Store {
             .sort(doc! { "_id": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .projection(doc! { "_id": 1 })
-            .await?
+            .await
+            .context("claim outbox records")?
             .try_filter_map(|doc| async move { Ok(doc.get_str("_id").ok().map(str::to_owned)) })
             .try_collect()
-            .await?;
+            .await
+            .context("claim outbox records")?;
         let claim = uuid::Uuid::new_v4().to_string();
         if ids.is_empty() {
             return Ok(OutboxClaim {
@@ -119,14 +124,17 @@ impl Store {
                 filter,
                 doc! { "$set": { "relay_after": until, "claim": &claim } },
             )
-            .await?;
+            .await
+            .context("claim outbox records")?;
         let records = self
             .outbox
             .find(doc! { "_id": { "$in": &ids }, "claim": &claim })
             .sort(doc! { "_id": 1 })
-            .await?
+            .await
+            .context("claim outbox records")?
             .try_collect()
-            .await?;
+            .await
+            .context("claim outbox records")?;
         Ok(OutboxClaim { id: claim, records })
     }
 
@@ -135,7 +143,8 @@ impl Store {
         if !ids.is_empty() {
             self.outbox
                 .delete_many(doc! { "_id": { "$in": ids } })
-                .await?;
+                .await
+                .context("delete relayed outbox records")?;
         }
         Ok(())
     }
@@ -149,14 +158,19 @@ impl Store {
                     doc! { "_id": { "$in": ids }, "claim": claim },
                     doc! { "$set": { "relay_after": DateTime::now() } },
                 )
-                .await?;
+                .await
+                .context("release outbox records")?;
         }
         Ok(())
     }
 
     /// The outbox's depth and the age of its oldest record.
     pub async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let depth = self.outbox.count_documents(doc! {}).await?;
+        let depth = self
+            .outbox
+            .count_documents(doc! {})
+            .await
+            .context("count outbox")?;
         if depth == 0 {
             return Ok(OutboxBacklog::default());
         }
@@ -166,7 +180,8 @@ impl Store {
             .find_one(doc! {})
             .sort(doc! { "_id": 1 })
             .projection(doc! { "created_at": 1 })
-            .await?;
+            .await
+            .context("find oldest outbox record")?;
         let created = oldest
             .as_ref()
             .and_then(|doc| doc.get_datetime("created_at").ok())

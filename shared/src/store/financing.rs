@@ -1,0 +1,95 @@
+//! `financing_options` and `user_financing_selections`: the catalogue, read
+//! whole and cached per process, and each user's one selection.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::TryStreamExt as _;
+use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+
+use super::{Context as _, Store, StoreError, to_json, upsert};
+
+/// How long a process serves the financing options from memory: they change
+/// only when an operator seeds them.
+pub const FINANCING_OPTIONS_TTL: Duration = Duration::from_secs(5);
+
+/// The options last read, and when: shared by a process's clones of [`Store`].
+pub(super) type OptionsCache = Arc<Mutex<Option<(Instant, Vec<serde_json::Value>)>>>;
+
+impl Store {
+    /// Every financing option as [`Store::financing_options`] reads them, served
+    /// from this process's memory for [`FINANCING_OPTIONS_TTL`] after each read.
+    pub async fn financing_options_cached(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        if let Some((at, options)) = self.options_cache.lock().unwrap().as_ref()
+            && at.elapsed() < FINANCING_OPTIONS_TTL
+        {
+            return Ok(options.clone());
+        }
+        let options = self.financing_options().await?;
+        *self.options_cache.lock().unwrap() = Some((Instant::now(), options.clone()));
+        Ok(options)
+    }
+
+    /// Every financing option, in insertion order, as JSON.
+    pub async fn financing_options(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let cursor = self
+            .financing_options
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .context("find financing options")?;
+        cursor
+            .map_ok(|doc| to_json(Bson::Document(doc)))
+            .try_collect()
+            .await
+            .context("find financing options")
+    }
+
+    pub async fn find_option(&self, id: ObjectId) -> Result<Option<Document>, StoreError> {
+        self.financing_options
+            .find_one(doc! { "_id": id })
+            .await
+            .context("find financing option")
+    }
+
+    /// Inserts each option whose `option_name` is not stored yet; returns how many were new.
+    pub async fn seed_financing_options(&self, options: Vec<Document>) -> Result<u64, StoreError> {
+        let mut inserted = 0;
+        for option in options {
+            let name = option.get_str("option_name").unwrap_or_default().to_owned();
+            let result = self
+                .financing_options
+                .update_one(
+                    doc! { "option_name": name },
+                    doc! { "$setOnInsert": option },
+                )
+                .upsert(true)
+                .await
+                .context("seed financing option")?;
+            inserted += u64::from(result.upserted_id.is_some());
+        }
+        Ok(inserted)
+    }
+
+    /// Records `option` as `username`'s one selection, replacing any earlier one.
+    ///
+    /// The upsert keyed on the unique `user` index keeps one document per user:
+    /// when two first selections race, the loser's insert hits the index and
+    /// its retry becomes an update.
+    pub async fn select_option(&self, username: &str, option: &Document) -> Result<(), StoreError> {
+        let now = DateTime::now();
+        let update = doc! {
+            "$set": { "selected_option": option.clone(), "updated_at": now },
+            "$setOnInsert": { "selected_at": now },
+        };
+        upsert(
+            "select financing option",
+            &self.selections,
+            doc! { "user": username },
+            update,
+        )
+        .await
+    }
+}
