@@ -2,10 +2,10 @@
 //! original Python services would stop or surprise the bundle, and the fixes
 //! that need no human.
 
+use finapp_broker::topology::{connect_broker, probe_queue, queue_names};
 use finapp_shared::{
     auth::Passwords,
     config::Config,
-    events::{connect_broker, probe_queue, queue_names},
     store::{Context as _, Store, StoreError, collections, list_counts},
 };
 use futures_util::TryStreamExt as _;

@@ -10,10 +10,10 @@
 //! publisher that declares the queue non-durable again would fail against the
 //! new one.
 
-use finapp_shared::{
-    config::Config,
-    events::{connect_broker, declare_durable, is_precondition_failed, probe_queue, queue_names},
+use finapp_broker::topology::{
+    connect_broker, declare_durable, is_precondition_failed, probe_queue, queue_names,
 };
+use finapp_shared::config::Config;
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{

@@ -8,8 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use finapp_broker::Publisher;
 use finapp_shared::{
-    events::{Event, EventType, Events},
+    events::{Event, EventType},
     finance::{PageRequest, Status},
     store::{AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store, collections},
 };
@@ -115,7 +116,7 @@ pub async fn apply_writes(
     store: &Store,
     users: &[String],
     tokens: &[String],
-    events: Option<Arc<Events>>,
+    events: Option<Arc<Publisher>>,
     concurrency: usize,
     duration: Duration,
 ) -> Figure {
@@ -144,7 +145,7 @@ enum ApplyFailure {
 
 async fn apply_once(
     store: &Store,
-    events: Option<&Events>,
+    events: Option<&Publisher>,
     user: &str,
     token: String,
 ) -> Result<(), ApplyFailure> {

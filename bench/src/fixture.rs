@@ -2,10 +2,11 @@
 //! queue prefix per run (so a run never reads another's data), the users and
 //! applications the scenarios read, and tokens signed with the run's secret.
 
+use finapp_broker::topology::declare_queues;
 use finapp_shared::{
     auth::{Passwords, Role, TokenKeys},
     config::Config,
-    events::{DEAD_LETTER_QUEUE, EventType, declare_queues},
+    events::{DEAD_LETTER_QUEUE, EventType},
     finance::NewApplication,
     store::{Store, UserDoc, collections},
 };

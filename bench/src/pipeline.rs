@@ -1,5 +1,5 @@
 //! The event pipeline: events published to the broker exactly as the functions
-//! publish them (the shared `Events::publish`: persistent, confirmed, the
+//! publish them (`finapp_broker::Publisher::publish`: persistent, confirmed, the
 //! user's JWT in `Authorization`), consumed by a running notify-consumer
 //! process, and counted in `user_analytics` by event id.
 
@@ -9,8 +9,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use finapp_broker::Publisher;
 use finapp_shared::{
-    events::{DEAD_LETTER_QUEUE, Event, EventType, Events},
+    events::{DEAD_LETTER_QUEUE, Event, EventType},
     store::{Store, collections},
 };
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -72,7 +73,7 @@ pub async fn publish_and_wait(
 ) -> Result<PipelineRun> {
     let config = fixture.config_in(space)?;
     let store = Store::connect(&config).await.map_err(mongo)?;
-    let events = Arc::new(Events::new(&config));
+    let events = Arc::new(Publisher::new(&config));
     let batch: Vec<(Event, SecretString)> = (0..count)
         .map(|i| {
             let user = &fixture.users[i % fixture.users.len()];

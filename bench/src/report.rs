@@ -619,7 +619,7 @@ fn pipeline_section(out: &mut String, runs: &[PipelineRun], settings: &Settings)
         "\n## 4. Event pipeline\n\n\
          Per run: a fresh database and queue prefix, `notify-consumer` started (release \
          binary, long-running mode) and ready, then {events} events published over the \
-         four queues in turn through the shared `Events::publish` (persistent, publisher \
+         four queues in turn through `finapp_broker::Publisher::publish` (persistent, publisher \
          confirm, the user's JWT in `Authorization`; {concurrency} confirms outstanding). \
          End to end is from the first publish to the latest `received_at` the consumer \
          wrote. Lost = published and confirmed but not in `user_analytics`; duplicated = \

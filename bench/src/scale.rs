@@ -10,9 +10,9 @@
 
 use std::{fmt::Write as _, sync::Arc, time::Instant};
 
+use finapp_broker::Publisher;
 use finapp_shared::{
     auth::{Role, TokenKeys},
-    events::Events,
     finance::PageRequest,
     store::{FINANCING_CHECK_MARKER, LOGIN_MARKER, Store, collections},
 };
@@ -336,7 +336,7 @@ impl Bench<'_> {
             );
             self.record("scale", &load, "apply");
             self.warm_up(&load, "apply")?;
-            let events = Arc::new(Events::new(&self.fixture.config_in(&space)?));
+            let events = Arc::new(Publisher::new(&self.fixture.config_in(&space)?));
             let ceiling = rt.block_on(ceilings::apply_writes(
                 &store,
                 &writers,

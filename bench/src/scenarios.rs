@@ -4,10 +4,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use finapp_shared::{
-    events::Events,
-    store::{AnalyticsDoc, Store},
-};
+use finapp_broker::Publisher;
+use finapp_shared::store::{AnalyticsDoc, Store};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -256,8 +254,8 @@ impl Bench<'_> {
         }
 
         let apply_config = fixture.config_in(&fixture.apply_space)?;
-        let events = Arc::new(Events::new(&apply_config));
-        let writes = |events: Option<Arc<Events>>, duration| {
+        let events = Arc::new(Publisher::new(&apply_config));
+        let writes = |events: Option<Arc<Publisher>>, duration| {
             runtime.block_on(ceilings::apply_writes(
                 &fixture.apply_store,
                 &fixture.writers,

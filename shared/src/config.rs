@@ -293,6 +293,11 @@ fn parse_number<T: std::str::FromStr>(
     }
 }
 
+/// Whether this process runs under the Lambda runtime (or `cargo lambda watch`).
+pub fn under_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

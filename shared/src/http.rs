@@ -27,9 +27,9 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tracing::Instrument as _;
 
 use crate::{
-    Deps,
     auth::{PasswordError, Role, TokenError},
-    config::HttpLimits,
+    config::{HttpLimits, under_lambda},
+    deps::Deps,
     store::{Store, StoreError},
 };
 
@@ -500,11 +500,6 @@ impl Readiness {
             ApiError::Unavailable("the database is unavailable".into()).into_response()
         }
     }
-}
-
-/// Whether this process runs under the Lambda runtime (or `cargo lambda watch`).
-pub fn under_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
 }
 
 /// Why serving stopped.

@@ -1,14 +1,16 @@
 //! The library every FinApp function shares: configuration, auth, storage,
-//! events and the HTTP edge. A function crate holds only its handlers and a
-//! one-line `main` that calls [`run`].
+//! the event contract and the HTTP edge. A function crate holds only its
+//! handlers and a one-line `main` that calls [`run`]. The broker (publishing,
+//! the outbox relay) is the `finapp-broker` crate's, so no HTTP function
+//! links it.
 
 pub mod auth;
 pub mod config;
+pub mod deps;
 pub mod domain;
 pub mod events;
 pub mod finance;
 pub mod http;
-pub mod relay;
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -18,132 +20,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use axum::Router;
 
-use crate::{
-    auth::{KnownUsers, Passwords, TokenKeys},
-    config::Config,
-    events::Events,
-    relay::Relay,
-    store::{IndexError, Store, StoreError},
-};
-
-/// Why a process could not get ready to serve.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("MONGODB_URI: {0}")]
-    Client(#[source] StoreError),
-    #[error(transparent)]
-    Indexes(#[from] IndexError),
-}
-
-/// Everything a handler borrows: built once per process, shared by every request.
-pub struct Deps {
-    pub config: Config,
-    pub store: Store,
-    /// The broker: only the relay and the consumer's dead-lettering publish;
-    /// a handler records its event in the outbox instead.
-    pub events: Arc<Events>,
-    pub tokens: TokenKeys,
-    pub passwords: Passwords,
-    /// Token users found in the database lately (see [`KnownUsers`]).
-    pub known_users: KnownUsers,
-}
-
-impl Deps {
-    /// Builds the clients and ensures the database indexes.
-    ///
-    /// Outside Lambda, a database that is down at start-up does not stop the
-    /// process: it starts not ready (`/readyz` says so, requests get 503) and
-    /// ensures the indexes once the database answers. Under Lambda, whose
-    /// instances are cheap to replace, start-up fails at once instead.
-    pub async fn connect(config: Config) -> Result<Arc<Self>, StartError> {
-        let store = Store::connect(&config).await.map_err(StartError::Client)?;
-        match store.ensure_indexes().await {
-            Ok(()) => store.warn_if_data_is_elsewhere().await,
-            Err(err) if err.is_unavailable() && !http::under_lambda() => {
-                tracing::warn!(error = %err, "MongoDB is unavailable: starting not ready");
-                tokio::spawn(ensure_indexes_when_back(store.clone()));
-            }
-            Err(err) => return Err(err.into()),
-        }
-        Ok(Arc::new(Self {
-            events: Arc::new(Events::new(&config)),
-            tokens: TokenKeys::new(&config),
-            passwords: Passwords::new(config.bcrypt_cost),
-            known_users: KnownUsers::new(config.accounts.user_check_cache),
-            store,
-            config,
-        }))
-    }
-}
-
-impl Deps {
-    /// The outbox relay over this process's store, broker and keys.
-    pub fn relay(&self) -> Relay<'_> {
-        Relay {
-            store: &self.store,
-            events: &self.events,
-            tokens: &self.tokens,
-        }
-    }
-}
-
-/// Retries the indexes until the database answers; a failure other than
-/// unavailability (duplicates, say) is logged and ends the process.
-async fn ensure_indexes_when_back(store: Store) {
-    let mut delay = std::time::Duration::from_millis(500);
-    loop {
-        tokio::time::sleep(delay).await;
-        match store.ensure_indexes().await {
-            Ok(()) => {
-                tracing::info!("MongoDB is back: indexes ensured");
-                return;
-            }
-            Err(err) if err.is_unavailable() => {
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot start");
-                std::process::exit(1);
-            }
-        }
-    }
-}
-
-/// Start-up shared by every binary: logging, configuration, clients. A failure
-/// is logged and becomes the exit code to return.
-pub async fn bootstrap() -> Result<Arc<Deps>, ExitCode> {
-    telemetry::init();
-    let config = load_config().await.map_err(|err| {
-        tracing::error!(error = %err, "cannot start");
-        ExitCode::FAILURE
-    })?;
-    Deps::connect(config).await.map_err(|err| {
-        tracing::error!(error = %err, "cannot start");
-        ExitCode::FAILURE
-    })
-}
-
-/// The configuration every binary starts from: a `.env` file in the working
-/// directory, if there is one, under the process environment (a variable set
-/// in both keeps the environment's value), under the values of the Secrets
-/// Manager secret named by `FINAPP_SECRET_ID`, if set.
-pub async fn load_config() -> Result<Config, String> {
-    match dotenvy::from_path(".env") {
-        Ok(()) => tracing::debug!(".env read"),
-        Err(err) if err.not_found() => {}
-        Err(err) => return Err(format!(".env: {err}")),
-    }
-    let overrides = secrets::load_overrides()
-        .await
-        .map_err(|err| format!("cannot load secrets: {err}"))?;
-    Config::from_lookup(|name| {
-        overrides
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-    })
-    .map_err(|err| format!("invalid configuration: {err}"))
-}
+pub use crate::deps::{Deps, StartError, bootstrap, load_config};
 
 /// A function's whole `main`: [`bootstrap`], then serving the routes `build`
 /// returns in whichever runtime this process is in.

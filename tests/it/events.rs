@@ -26,7 +26,7 @@ async fn publish_raw(env: &TestEnv, queue: &str, body: &[u8], authorization: Opt
         .await
         .unwrap();
     // As every publisher does: a message sent before its queue exists would be dropped.
-    finapp_shared::events::declare_queues(&connection, &env.queue_prefix, Default::default())
+    finapp_broker::topology::declare_queues(&connection, &env.queue_prefix, Default::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use finapp_broker::Publisher;
 use finapp_shared::events::{Event, EventType};
 use finapp_tests::{FunctionProcess, Process, Signal, TestEnv, function_binary, leaks, send};
 use serde_json::{Value, json};
@@ -252,11 +253,12 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
 
     // A batch delivered again (as a relay or a broker redelivery would): the
     // first 500 events, published a second time with their own ids.
+    let publisher = Publisher::new(&deps.config);
     for event in &events[..500] {
         let token = deps.tokens.issue_event(&event.username);
-        deps.events.publish(event, &token).await.unwrap();
+        publisher.publish(event, &token).await.unwrap();
     }
-    deps.events.close().await;
+    publisher.close().await;
     finapp_tests::wait_for("the copies drained", Duration::from_secs(30), || async {
         (env.queue_depth(&queue).await == 0).then_some(())
     })

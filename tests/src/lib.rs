@@ -882,12 +882,14 @@ pub struct RelayTask(Stoppable);
 impl RelayTask {
     pub fn spawn(deps: Arc<Deps>) -> Self {
         Self(Stoppable::spawn(|stopped| async move {
-            deps.relay()
+            let worker = notify_consumer::Worker::new(deps);
+            worker
+                .relay()
                 .run(async move {
                     let _ = stopped.await;
                 })
                 .await;
-            deps.events.close().await;
+            worker.publisher.close().await;
         }))
     }
 

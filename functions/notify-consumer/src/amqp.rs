@@ -7,18 +7,20 @@
 //! queue), a database failure requeues the batch, and a lost connection is
 //! re-established with exponential backoff.
 //!
-//! The same process is the outbox relay ([`finapp_shared::relay`]): the one
+//! The same process is the outbox relay ([`finapp_broker::relay`]): the one
 //! publisher of the functions' events. One process rather than a relay binary
 //! of its own: it already holds the broker, the database and the keys, and
 //! a deployment gains no second long-running workload to run and watch.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use finapp_broker::{
+    Outgoing, Publisher,
+    topology::{BROKER_TIMEOUT, connect_broker, declare_queues},
+};
 use finapp_shared::{
     Deps,
-    events::{
-        BROKER_TIMEOUT, DEAD_LETTER_QUEUE, EventType, Outgoing, connect_broker, declare_queues,
-    },
+    events::{DEAD_LETTER_QUEUE, EventType},
 };
 use futures_util::StreamExt as _;
 use lapin::{
@@ -28,7 +30,10 @@ use lapin::{
 };
 use tokio::sync::watch;
 
-use crate::process::{Incoming, Outcome, process_batch};
+use crate::{
+    Worker,
+    process::{Incoming, Outcome, process_batch},
+};
 
 /// Unacknowledged messages the broker may hand this process per queue.
 pub const PREFETCH: u16 = 256;
@@ -45,27 +50,28 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Consumes and relays until `shutdown` resolves, then lets in-flight work end.
 pub async fn run(deps: Arc<Deps>, shutdown: impl Future<Output = ()>) {
+    let worker = Arc::new(Worker::new(deps));
     let (stop, stopped) = watch::channel(false);
-    let relay = tokio::spawn(relay_outbox(deps.clone(), stopped.clone()));
-    let consumer = tokio::spawn(consume(deps.clone(), stopped));
+    let relay = tokio::spawn(relay_outbox(worker.clone(), stopped.clone()));
+    let consumer = tokio::spawn(consume(worker.clone(), stopped));
     shutdown.await;
     let _ = stop.send(true);
     let _ = tokio::join!(relay, consumer);
-    deps.events.close().await;
+    worker.publisher.close().await;
     tracing::info!("consumer stopped");
 }
 
-async fn relay_outbox(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
+async fn relay_outbox(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     let stop = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    deps.relay().run(stop).await;
+    worker.relay().run(stop).await;
 }
 
-async fn consume(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
+async fn consume(worker: Arc<Worker>, mut stopped: watch::Receiver<bool>) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match session(&deps, &mut stopped, &mut backoff).await {
+        match session(&worker, &mut stopped, &mut backoff).await {
             Ok(()) if *stopped.borrow() => return,
             Ok(()) => tracing::warn!("broker connection lost"),
             Err(err) => tracing::warn!(error = %err, retry_in = ?backoff, "cannot consume"),
@@ -80,10 +86,11 @@ async fn consume(deps: Arc<Deps>, mut stopped: watch::Receiver<bool>) {
 
 /// One connection's life: returns when it drops or when asked to stop.
 async fn session(
-    deps: &Arc<Deps>,
+    worker: &Worker,
     stopped: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
 ) -> Result<(), lapin::Error> {
+    let deps = &worker.deps;
     let prefix = &deps.config.queue_prefix;
     // Bounded, so a broker that accepts TCP and never answers (a partition)
     // is retried with backoff, and a stop request is seen, instead of a hang.
@@ -105,7 +112,7 @@ async fn session(
         .await?;
     let mut streams = Vec::new();
     for kind in EventType::ALL {
-        let queue = deps.events.queue_name(kind.queue());
+        let queue = worker.publisher.queue_name(kind.queue());
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
@@ -128,7 +135,7 @@ async fn session(
         })
         .filter_map(|(kind, delivery)| std::future::ready(delivery.ok().map(|d| (kind, d))))
         .ready_chunks(BATCH)
-        .for_each_concurrent(WRITERS, |batch| handle_batch(deps, batch));
+        .for_each_concurrent(WRITERS, |batch| handle_batch(worker, batch));
     tokio::pin!(work);
     let stop_requested = tokio::select! {
         () = &mut work => false,
@@ -187,13 +194,13 @@ impl Received {
     }
 }
 
-async fn handle_batch(deps: &Deps, batch: Vec<(EventType, Delivery)>) {
+async fn handle_batch(worker: &Worker, batch: Vec<(EventType, Delivery)>) {
     let received: Vec<Received> = batch
         .into_iter()
         .map(|(kind, delivery)| Received::new(kind, delivery))
         .collect();
     let incoming: Vec<Incoming<'_>> = received.iter().map(Received::incoming).collect();
-    let outcomes = match process_batch(deps, &incoming).await {
+    let outcomes = match process_batch(&worker.deps, &incoming).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
             tracing::error!(
@@ -220,7 +227,14 @@ async fn handle_batch(deps: &Deps, batch: Vec<(EventType, Delivery)>) {
                     let queue = message.kind.queue();
                     tracing::warn!(queue, reason = rejection.reason(), "message dead-lettered");
                     let body = &message.delivery.data;
-                    dead_letter(deps, queue, body, message.headers, rejection.reason()).await
+                    dead_letter(
+                        &worker.publisher,
+                        queue,
+                        body,
+                        message.headers,
+                        rejection.reason(),
+                    )
+                    .await
                 }
             };
             settle(&message.delivery, done).await;
@@ -249,7 +263,7 @@ async fn settle(delivery: &Delivery, done: bool) {
 /// Publishes a refused message to the dead-letter queue with its reason;
 /// `false` if that failed, so the message is requeued rather than lost.
 pub async fn dead_letter(
-    deps: &Deps,
+    publisher: &Publisher,
     queue: &str,
     body: &[u8],
     mut headers: FieldTable,
@@ -271,7 +285,7 @@ pub async fn dead_letter(
         kind: "dead_letter",
         headers,
     };
-    match deps.events.publish_raw(outgoing).await {
+    match publisher.publish_raw(outgoing).await {
         Ok(()) => true,
         Err(err) => {
             tracing::error!(error = %err, "dead-letter publish failed; requeueing");

@@ -19,13 +19,15 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use finapp_shared::{Deps, relay::RelayError};
+use finapp_broker::RelayError;
+use finapp_shared::Deps;
 use lambda_runtime::{LambdaEvent, service_fn};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
+    Worker,
     amqp::dead_letter,
     process::{Incoming, Outcome, Rejection, process_batch},
 };
@@ -153,28 +155,29 @@ pub fn is_scheduled(event: &Value) -> bool {
 
 /// Serves Lambda invocations until the runtime stops.
 pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
+    let worker = Arc::new(Worker::new(deps));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let deps = deps.clone();
-        async move { handle(&deps, event.payload).await }
+        let worker = worker.clone();
+        async move { handle(&worker, event.payload).await }
     }))
     .await
 }
 
 /// One invocation: a scheduled relay or an Amazon MQ batch, by its shape.
-pub async fn handle(deps: &Deps, event: Value) -> Result<Report, InvocationError> {
+pub async fn handle(worker: &Worker, event: Value) -> Result<Report, InvocationError> {
     if is_scheduled(&event) {
-        return Ok(Report::Relay(relay(deps).await?));
+        return Ok(Report::Relay(relay(worker).await?));
     }
     let batch: RabbitMqEvent =
         serde_json::from_value(event).map_err(InvocationError::Unrecognised)?;
-    Ok(Report::Batch(handle_batch(deps, batch).await?))
+    Ok(Report::Batch(handle_batch(worker, batch).await?))
 }
 
 /// Drains the outbox for at most [`RELAY_BUDGET`], then closes the broker
 /// connection: a frozen instance's connection would be dead by the next run.
-pub async fn relay(deps: &Deps) -> Result<RelayReport, RelayError> {
-    let result = deps.relay().drain(RELAY_BUDGET).await;
-    deps.events.close().await;
+pub async fn relay(worker: &Worker) -> Result<RelayReport, RelayError> {
+    let result = worker.relay().drain(RELAY_BUDGET).await;
+    worker.publisher.close().await;
     let published = result?;
     tracing::info!(published, "scheduled outbox relay done");
     Ok(RelayReport { published })
@@ -229,18 +232,21 @@ impl<'a> Decoded<'a> {
 
 /// Processes every message of `event`; fails (so the batch is retried) if any
 /// message could not be settled.
-pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchReport, BatchError> {
+pub async fn handle_batch(
+    worker: &Worker,
+    event: RabbitMqEvent,
+) -> Result<BatchReport, BatchError> {
     let mut report = BatchReport::default();
     let mut failed = 0;
     for (key, messages) in &event.rmq_messages_by_queue {
         let full_queue = key.split("::").next().unwrap_or(key);
-        let queue = deps.events.strip_prefix(full_queue);
+        let queue = worker.publisher.strip_prefix(full_queue);
         let decoded: Vec<Decoded> = messages.iter().map(Decoded::new).collect();
         let incoming: Vec<Incoming<'_>> = decoded
             .iter()
             .filter_map(|message| message.incoming(queue))
             .collect();
-        let mut outcomes = match process_batch(deps, &incoming).await {
+        let mut outcomes = match process_batch(&worker.deps, &incoming).await {
             Ok(outcomes) => outcomes.into_iter(),
             Err(err) => {
                 tracing::error!(error = %err, cause = ?std::error::Error::source(&err), queue, "batch not recorded");
@@ -259,7 +265,7 @@ pub async fn handle_batch(deps: &Deps, event: RabbitMqEvent) -> Result<BatchRepo
                 Some(Outcome::Rejected(rejection)) => {
                     tracing::warn!(queue, reason = rejection.reason(), "message dead-lettered");
                     if dead_letter(
-                        deps,
+                        &worker.publisher,
                         queue,
                         message.raw_body(),
                         message.headers(),

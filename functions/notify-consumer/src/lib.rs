@@ -3,7 +3,7 @@
 //! events the HTTP functions recorded) to those queues.
 //!
 //! One binary, two runtimes, one handler ([`process::process_batch`]) and one
-//! relay ([`finapp_shared::relay::Relay`]):
+//! relay ([`finapp_broker::Relay`]):
 //! - long-running (Kubernetes): [`amqp::run`] consumes with lapin, acks after
 //!   the write, reconnects with backoff, and runs the relay beside it;
 //! - Lambda: [`lambda::handle`] takes Amazon MQ for RabbitMQ event batches,
@@ -13,7 +13,31 @@ pub mod amqp;
 pub mod lambda;
 pub mod process;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
+
+use finapp_broker::{Publisher, Relay};
+use finapp_shared::Deps;
+
+/// What both runtimes work with: the process's shared dependencies and the
+/// broker publisher that the relay and the dead-lettering use.
+pub struct Worker {
+    pub deps: Arc<Deps>,
+    pub publisher: Publisher,
+}
+
+impl Worker {
+    pub fn new(deps: Arc<Deps>) -> Self {
+        Self {
+            publisher: Publisher::new(&deps.config),
+            deps,
+        }
+    }
+
+    /// The outbox relay over this process's store, keys and publisher.
+    pub fn relay(&self) -> Relay<'_> {
+        Relay::new(&self.deps, &self.publisher)
+    }
+}
 
 /// The binary's `main`: bootstrap, then whichever runtime this process is in.
 pub async fn main() -> ExitCode {

@@ -19,16 +19,18 @@ use std::{
 
 use secrecy::SecretString;
 
-use crate::{
+use finapp_shared::{
+    Deps,
     auth::TokenKeys,
-    events::{Events, Outgoing, PublishError},
     store::{OutboxBacklog, Store, StoreError},
 };
+
+use crate::publisher::{Outgoing, PublishError, Publisher};
 
 /// Most records claimed and published per round.
 pub const BATCH: usize = 128;
 /// How long a claim holds its records: well beyond a round's worst case
-/// (a connect and a batch's confirms, [`crate::events::BROKER_TIMEOUT`] each).
+/// (a connect and a batch's confirms, [`crate::topology::BROKER_TIMEOUT`] each).
 pub const LEASE: Duration = Duration::from_secs(10);
 /// The pause between rounds that found less than a full batch: the delivery
 /// latency added while the outbox is quiet.
@@ -69,11 +71,20 @@ impl Round {
 /// The relay's dependencies, borrowed from the process's own.
 pub struct Relay<'a> {
     pub store: &'a Store,
-    pub events: &'a Events,
+    pub publisher: &'a Publisher,
     pub tokens: &'a TokenKeys,
 }
 
-impl Relay<'_> {
+impl<'a> Relay<'a> {
+    /// The relay over a process's store and keys, publishing with `publisher`.
+    pub fn new(deps: &'a Deps, publisher: &'a Publisher) -> Self {
+        Self {
+            store: &deps.store,
+            publisher,
+            tokens: &deps.tokens,
+        }
+    }
+
     /// One round: report the backlog, claim, publish, delete.
     pub async fn round(&self) -> Result<Round, RelayError> {
         let backlog = self.store.outbox_backlog().await?;
@@ -117,7 +128,7 @@ impl Relay<'_> {
             .iter()
             .map(|record| record.id.as_str())
             .collect();
-        let taken = match self.events.publish_batch(messages).await {
+        let taken = match self.publisher.publish_batch(messages).await {
             Ok(taken) => taken,
             Err(err) => {
                 self.release(&claim.id, &ids).await;
