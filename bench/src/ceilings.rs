@@ -219,11 +219,41 @@ pub async fn analytics_inserts(
     figure
 }
 
+/// The consumer's whole write alone: `Store::record_analytics` (the events
+/// with their pending mark, each user's counters, the unmarking) on batches of
+/// `batch` events spread over `users`, from `concurrency` tasks, as the
+/// consumer's writers call it, with no broker involved. Events per second.
+pub async fn recorded_analytics(
+    store: Store,
+    users: Arc<Vec<String>>,
+    batch: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> Figure {
+    let mut figure = closed_loop(concurrency, duration, move |task, i| {
+        let (store, users) = (store.clone(), users.clone());
+        async move {
+            let docs: Vec<AnalyticsDoc> = (0..batch)
+                .map(|n| user_analytics_doc(&users[(task + i * batch + n) % users.len()]))
+                .collect();
+            let refs: Vec<&AnalyticsDoc> = docs.iter().collect();
+            store.record_analytics(&refs).await.is_ok()
+        }
+    })
+    .await;
+    figure.rps *= batch as f64;
+    figure
+}
+
 fn analytics_doc() -> AnalyticsDoc {
+    user_analytics_doc("bench_user_00")
+}
+
+fn user_analytics_doc(user: &str) -> AnalyticsDoc {
     let event = Event::new(
         EventType::UserActivity,
-        "bench_user_00",
-        "User bench_user_00 logged in",
+        user,
+        format!("User {user} logged in"),
     );
     let id = event.id.to_string();
     let now = DateTime::now();

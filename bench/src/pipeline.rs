@@ -1,7 +1,9 @@
-//! The event pipeline: events published to the broker exactly as the functions
-//! publish them (`finapp_broker::Publisher::publish`: persistent, confirmed, the
-//! user's JWT in `Authorization`), consumed by a running notify-consumer
-//! process, and counted in `user_analytics` by event id.
+//! The event pipeline, from either end: events published to the broker as the
+//! relay publishes them (`finapp_broker::Publisher::publish`: persistent,
+//! confirmed, an event token in `Authorization`), or recorded in the outbox as
+//! the functions record them and relayed by notify-consumer itself. Either
+//! way a running notify-consumer process consumes them, and they are counted
+//! in `user_analytics` by event id.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,7 +14,7 @@ use std::{
 use finapp_broker::Publisher;
 use finapp_shared::{
     events::{DEAD_LETTER_QUEUE, Event, EventType},
-    store::{Store, collections},
+    store::{OutboxRecord, Store, collections},
 };
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
@@ -29,15 +31,41 @@ pub const PUBLISH_CONCURRENCY: usize = 64;
 /// How often the harness counts the recorded events while it waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Where a run's events enter the pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Published straight to the broker: the consumer's half alone.
+    #[default]
+    Broker,
+    /// Inserted into the outbox (in bulk, 1,000 per `insert_many`): the
+    /// relay's claim, publish and delete, then the consumer.
+    Outbox,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Broker, Source::Outbox];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Broker => "broker",
+            Source::Outbox => "outbox",
+        }
+    }
+}
+
+/// Outbox records inserted per `insert_many` by an outbox run.
+const OUTBOX_CHUNK: usize = 1_000;
+
 /// One run of the pipeline.
 #[derive(Clone, Debug, Default)]
 pub struct PipelineRun {
+    pub source: Source,
     pub events: usize,
-    /// Publishes the broker did not confirm.
+    /// Publishes the broker did not confirm (outbox inserts that failed).
     pub publish_failures: usize,
-    /// From the first publish to the last confirm.
+    /// From the first publish to the last confirm (the first outbox insert to the last).
     pub publish: Duration,
-    /// From the first publish to the last `user_analytics` write.
+    /// From the first publish (or insert) to the last `user_analytics` write.
     pub end_to_end: Duration,
     /// Published and confirmed, never recorded.
     pub lost: usize,
@@ -52,6 +80,8 @@ pub struct PipelineRun {
     pub insert_ceiling: f64,
     /// The same documents through `insert_many` in batches.
     pub batched_ceiling: f64,
+    /// `Store::record_analytics`, the consumer's whole write, alone (events/s).
+    pub record_ceiling: f64,
 }
 
 impl PipelineRun {
@@ -64,12 +94,14 @@ impl PipelineRun {
     }
 }
 
-/// Publishes `count` events into `space`, whose consumer is already running,
-/// and waits until they are recorded (or until a deadline counts the rest lost).
+/// Sends `count` events into `space` from `source`, while its consumer is
+/// running, and waits until they are recorded (or until a deadline counts the
+/// rest lost).
 pub async fn publish_and_wait(
     fixture: &Fixture,
     space: &Space,
     count: usize,
+    source: Source,
 ) -> Result<PipelineRun> {
     let config = fixture.config_in(space)?;
     let store = Store::connect(&config).await.map_err(mongo)?;
@@ -89,12 +121,29 @@ pub async fn publish_and_wait(
 
     let started_at = unix_millis();
     let started = Instant::now();
-    let publish_failures = futures_util::stream::iter(&batch)
-        .map(|(event, token)| events.publish(event, token))
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .filter(|result| std::future::ready(result.is_err()))
-        .count()
-        .await;
+    let publish_failures = match source {
+        Source::Broker => {
+            futures_util::stream::iter(&batch)
+                .map(|(event, token)| events.publish(event, token))
+                .buffer_unordered(PUBLISH_CONCURRENCY)
+                .filter(|result| std::future::ready(result.is_err()))
+                .count()
+                .await
+        }
+        Source::Outbox => {
+            let outbox = store
+                .database()
+                .collection::<OutboxRecord>(collections::OUTBOX);
+            let mut failed = 0;
+            for chunk in batch.chunks(OUTBOX_CHUNK) {
+                let records = chunk.iter().map(|(event, _)| OutboxRecord::new(event));
+                if outbox.insert_many(records).await.is_err() {
+                    failed += chunk.len();
+                }
+            }
+            failed
+        }
+    };
     let publish = started.elapsed();
     events.close().await;
 
@@ -132,6 +181,7 @@ pub async fn publish_and_wait(
         *times_stored.entry(id.as_str()).or_default() += 1;
     }
     Ok(PipelineRun {
+        source,
         events: count,
         publish_failures,
         publish,

@@ -14,7 +14,7 @@ use crate::{
     error::{Error, Result},
     fixture::{Fixture, Space, mongo, pipeline_space},
     machine,
-    pipeline::{self, PipelineRun},
+    pipeline::{self, PipelineRun, Source},
     procs::Process,
     settings::{FUNCTIONS, Settings},
     stats::{Comparison, Figure, Series},
@@ -35,6 +35,8 @@ pub const VERIFY_SAMPLES: usize = 3;
 /// Documents per `insert_many` in the batched write diagnostic, and its writers.
 pub const INSERT_BATCH: usize = 100;
 pub const BATCH_WRITERS: usize = 4;
+/// The consumer's batch: at most this many deliveries per `record_analytics`.
+pub const CONSUMER_BATCH: usize = 128;
 /// RabbitMQ's default `frame_max`. lapin sizes each of its two I/O buffers at
 /// 32 frames of the URI's `frame_max`; left unset, it grows them to this after
 /// negotiation, touching 8 MiB. The functions now always state 8 KiB; the
@@ -450,20 +452,37 @@ impl Bench<'_> {
                 BATCH_WRITERS,
                 settings.duration,
             ));
-            let consumer = Process::consumer(
-                &settings.binary("notify-consumer"),
-                &fixture.env_in(&space),
-                &self.log("notify-consumer"),
-            )?;
-            let mut result =
-                runtime.block_on(pipeline::publish_and_wait(fixture, &space, settings.events))?;
-            consumer.stop()?;
-            (result.left_in_queues, result.dead_lettered) =
-                runtime.block_on(pipeline::queue_depths(&space))?;
-            result.insert_ceiling = insert_ceiling.rps;
-            result.batched_ceiling = batched_ceiling.rps;
+            let record_ceiling = runtime.block_on(ceilings::recorded_analytics(
+                store.clone(),
+                Arc::new(fixture.users.clone()),
+                CONSUMER_BATCH,
+                BATCH_WRITERS,
+                settings.duration,
+            ));
             runtime.block_on(space.remove())?;
-            runs.push(result);
+            for source in Source::ALL {
+                // A fresh space per source: empty counters, outbox and queues.
+                let space = pipeline_space(&fixture.run, run * Source::ALL.len() + source as usize);
+                let consumer = Process::consumer(
+                    &settings.binary("notify-consumer"),
+                    &fixture.env_in(&space),
+                    &self.log("notify-consumer"),
+                )?;
+                let mut result = runtime.block_on(pipeline::publish_and_wait(
+                    fixture,
+                    &space,
+                    settings.events,
+                    source,
+                ))?;
+                consumer.stop()?;
+                (result.left_in_queues, result.dead_lettered) =
+                    runtime.block_on(pipeline::queue_depths(&space))?;
+                result.insert_ceiling = insert_ceiling.rps;
+                result.batched_ceiling = batched_ceiling.rps;
+                result.record_ceiling = record_ceiling.rps;
+                runtime.block_on(space.remove())?;
+                runs.push(result);
+            }
         }
         Ok(runs)
     }
