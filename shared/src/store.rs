@@ -5,9 +5,13 @@
 //! field they might lack is optional and every field they wrote differently
 //! (the password as BSON binary) is read in both forms.
 
+mod idempotency;
 mod login_failures;
 mod outbox;
 
+pub use idempotency::{
+    Claim, ClaimToken, IDEMPOTENCY_COLLECTION, IdempotencyRecord, KeyClaim, StoredResponse,
+};
 pub use login_failures::{FailureWindow, ThrottleKey};
 pub use outbox::{OutboxBacklog, OutboxClaim, OutboxRecord};
 
@@ -393,6 +397,7 @@ impl Store {
             })?;
         self.ensure_expiry(&self.login_failures, "login_failures")
             .await?;
+        self.ensure_idempotency_indexes().await?;
         Ok(())
     }
 
