@@ -8,6 +8,7 @@ pub mod domain;
 pub mod events;
 pub mod finance;
 pub mod http;
+pub mod idempotency;
 pub mod relay;
 pub mod secrets;
 pub mod server;
