@@ -62,6 +62,8 @@ pub struct IdempotencyHeader {
     /// Keys are per user. 1 to 255 visible ASCII characters, e.g. a UUID.
     #[param(
         rename = "Idempotency-Key",
+        value_type = String,
+        required = false,
         min_length = 1,
         max_length = 255,
         pattern = "^[!-~]{1,255}$"
