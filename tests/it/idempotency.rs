@@ -439,7 +439,8 @@ async fn a_failed_write_gives_its_key_up_so_a_retry_runs_afresh() {
 }
 
 #[tokio::test]
-async fn a_key_in_progress_makes_a_repeat_wait_then_409_and_an_abandoned_one_is_taken_over() {
+async fn a_key_in_progress_makes_a_repeat_wait_for_its_answer_or_409_and_an_abandoned_one_is_taken_over()
+ {
     let env = TestEnv::new().with_var("HTTP_REQUEST_TIMEOUT_MS", 1000);
     let app = TestApp::spawn(&env, all_functions).await;
     let token = app.token_for("patient").await;
@@ -478,6 +479,27 @@ async fn a_key_in_progress_makes_a_repeat_wait_then_409_and_an_abandoned_one_is_
     );
     // It waited for the other (3/4 of the 1 s timeout), rather than refusing at once.
     assert!(waited >= Duration::from_millis(700), "waited {waited:?}");
+    assert_eq!(applications_of(&env, "patient").await, 0);
+
+    // That instance finishes while a repeat waits: the repeat answers what it answered.
+    let recorded = r#"{"message":"Finance application submitted","application_id":"0123456789abcdef01234567","submitted_by":"patient"}"#;
+    let finish = async {
+        // Whether this lands before or after the repeat arrives, the repeat
+        // must answer the recorded response; usually it is waiting by then.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = doc! { "status": 201, "body": recorded };
+        keys.update_one(
+            doc! { "user": "patient", "key": KEY },
+            doc! { "$set": { "response": response } },
+        )
+        .await
+        .unwrap();
+    };
+    let (waiter, ()) = tokio::join!(answer(keyed(&app, "/apply", &token, KEY, &body)), finish);
+    assert_eq!(
+        (waiter.status, waiter.body.as_str(), waiter.replayed),
+        (201, recorded, true)
+    );
     assert_eq!(applications_of(&env, "patient").await, 0);
 
     // That instance died mid-request: once its lease has run out, a retry does the write.
