@@ -3,8 +3,8 @@
 //!
 //! The unique index on `{user, key}` is the only synchronisation: whoever
 //! inserts the record owns the key and performs the write; everyone else
-//! reads the record. Every record gets a fresh `_id`, and records are only
-//! ever deleted by `_id`, so a stale reader can never delete a newer claim
+//! reads the record. Every record gets a fresh `_id`, and a live record is
+//! only ever deleted by its `_id`, so a stale reader can never delete a newer claim
 //! (FerretDB 1.x applies a filtered update as read, change, write back, so
 //! conditional updates are no lock there; inserts on a unique index are).
 //!
