@@ -49,6 +49,9 @@ pub struct Config {
     pub accounts: AccountLimits,
     /// When failed logins make `/login` answer 429.
     pub login_throttle: LoginThrottle,
+    /// `IDEMPOTENCY_TTL_SECS`, default 86400 (24 h): how long an
+    /// `Idempotency-Key` and the response it recorded are kept.
+    pub idempotency_ttl: Duration,
 }
 
 /// Bounds per account, so that no one user can grow a response or the data
@@ -243,6 +246,7 @@ impl Config {
                 window: Duration::from_secs(positive(&get, "LOGIN_FAILURE_WINDOW_SECS", 900)?),
                 trusted_proxy_hops: parse_number(&get, "TRUSTED_PROXY_HOPS", 0)?,
             },
+            idempotency_ttl: Duration::from_secs(positive(&get, "IDEMPOTENCY_TTL_SECS", 86_400)?),
         })
     }
 
@@ -338,6 +342,7 @@ mod tests {
         assert_eq!(config.limits, HttpLimits::default());
         assert_eq!(config.accounts, AccountLimits::default());
         assert_eq!(config.login_throttle, LoginThrottle::default());
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(24 * 60 * 60));
     }
 
     #[test]
@@ -369,6 +374,7 @@ mod tests {
             ("LOGIN_MAX_FAILURES", "0"),
             ("LOGIN_FAILURE_WINDOW_SECS", "-1"),
             ("TRUSTED_PROXY_HOPS", "one"),
+            ("IDEMPOTENCY_TTL_SECS", "0"),
         ] {
             let err = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), (name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");

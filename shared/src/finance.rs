@@ -11,8 +11,9 @@ pub struct NewApplication {
     pub purpose: String,
 }
 
-/// `POST /apply`'s body before validation.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /apply`'s body before validation (serialized only to fingerprint
+/// it for an `Idempotency-Key`).
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"loan_types": ["personal"], "amount": 15000, "purpose": "Car purchase"}))]
 pub struct ApplicationRequest {
     pub loan_types: Vec<String>,

@@ -59,6 +59,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Validation(String),
+    /// The `Idempotency-Key` was used before, by this user, for a different request.
+    #[error(
+        "this Idempotency-Key was already used with a different request; \
+         send a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+    /// A request with the same `Idempotency-Key` has not finished yet.
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyKeyInProgress,
     /// Throttled: this client or name may try again after `retry_after` seconds.
     #[error("{message}")]
     TooManyRequests { message: String, retry_after: u64 },
@@ -139,7 +148,10 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::IdempotencyKeyInProgress => StatusCode::CONFLICT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +170,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Validation(_) => "validation_error",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyKeyInProgress => "idempotency_key_in_progress",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -170,7 +184,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
-            ApiError::Unavailable(_) => Some(u64::from(RETRY_AFTER_SECS)),
+            ApiError::Unavailable(_) | ApiError::IdempotencyKeyInProgress => {
+                Some(u64::from(RETRY_AFTER_SECS))
+            }
             _ => None,
         };
         if let ApiError::Internal(err) = &self {
@@ -587,6 +603,16 @@ mod tests {
                 "unsupported_media_type",
             ),
             (ApiError::Validation("x".into()), 422, "validation_error"),
+            (
+                ApiError::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+            ),
+            (
+                ApiError::IdempotencyKeyInProgress,
+                409,
+                "idempotency_key_in_progress",
+            ),
             (
                 ApiError::TooManyRequests {
                     message: "x".into(),

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod events;
 pub mod finance;
 pub mod http;
+pub mod idempotency;
 pub mod secrets;
 pub mod server;
 pub mod store;

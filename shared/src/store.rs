@@ -14,6 +14,7 @@
 mod analytics;
 mod applications;
 mod financing;
+mod idempotency;
 mod login_failures;
 mod outbox;
 mod users;
@@ -23,6 +24,7 @@ pub use applications::{
     ApplicationDoc, ApplicationsPage, StatusChange, StatusCounts, UpdateCounts,
 };
 pub use financing::FINANCING_OPTIONS_TTL;
+pub use idempotency::{Claim, ClaimToken, IdempotencyRecord, KeyClaim, StoredResponse};
 pub use login_failures::{FailureWindow, ThrottleKey};
 pub use outbox::{OutboxBacklog, OutboxClaim, OutboxRecord};
 pub use users::{InsertUserError, UserDoc};
@@ -53,6 +55,7 @@ pub mod collections {
     pub const ANALYTICS: &str = "user_analytics";
     pub const ANALYTICS_COUNTERS: &str = "analytics_counters";
     pub const LOGIN_FAILURES: &str = "login_failures";
+    pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 }
 
 /// MongoDB's duplicate-key error code.
@@ -159,6 +162,8 @@ pub struct Store {
     analytics_counters: Collection<Document>,
     /// Failed-login windows (see [`Store::record_login_failure`]).
     login_failures: Collection<FailureWindow>,
+    /// Idempotency keys and the responses they replay (see [`Store::claim_idempotency_key`]).
+    idempotency_keys: Collection<IdempotencyRecord>,
     options_cache: financing::OptionsCache,
     counter_locks: Arc<analytics::CounterLocks>,
 }
@@ -207,6 +212,7 @@ impl Store {
             analytics: db.collection(collections::ANALYTICS),
             analytics_counters: db.collection(collections::ANALYTICS_COUNTERS),
             login_failures: db.collection(collections::LOGIN_FAILURES),
+            idempotency_keys: db.collection(collections::IDEMPOTENCY_KEYS),
             options_cache: financing::OptionsCache::default(),
             counter_locks: Arc::new(analytics::CounterLocks::new()),
             db,
@@ -267,6 +273,7 @@ impl Store {
             })?;
         self.ensure_expiry(&self.login_failures, "login_failures")
             .await?;
+        self.ensure_idempotency_indexes().await?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ mod drop_in;
 mod events;
 mod finance;
 mod fuzz;
+mod idempotency;
 mod ingress_nginx;
 mod lambda_rie;
 mod lambda_watch;

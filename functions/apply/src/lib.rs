@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, routing::post};
+use axum::{Router, extract::State, http::StatusCode, response::Response, routing::post};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
     finance::{ApplicationRequest, NewApplication},
     http::{ApiError, AuthUser, ErrorBody, Json},
+    idempotency::{self, IdempotencyHeader, IdempotencyKey},
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,14 +31,14 @@ pub struct ApplyResponse {
 
 /// Submits a finance application for the caller; records `application_submitted`.
 #[utoipa::path(post, path = "/apply", tag = "finance", request_body = ApplicationRequest,
-    security(("bearer" = [])), responses(
-        (status = 201, description = "Submitted as pending", body = ApplyResponse),
+    security(("bearer" = [])), params(IdempotencyHeader), responses(
+        (status = 201, description = "Submitted as pending (or, with an `Idempotency-Key` already used for this body, the first response again)", body = ApplyResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
         (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
-        (status = 409, description = "The caller already has `MAX_PENDING_APPLICATIONS` (default 100) pending applications", body = ErrorBody),
+        (status = 409, description = "The caller already has `MAX_PENDING_APPLICATIONS` (default 100) pending applications, or a request with the same `Idempotency-Key` is still in progress", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules; the `Idempotency-Key` is malformed or was used with a different body", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
         (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
@@ -45,21 +46,22 @@ pub struct ApplyResponse {
 pub async fn apply(
     State(deps): State<Arc<Deps>>,
     user: AuthUser,
+    key: IdempotencyKey,
     Json(body): Json<ApplicationRequest>,
-) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
-    submit(&deps, user, body).await
+) -> Result<Response, ApiError> {
+    submit_once(&deps, user, key, body).await
 }
 
 /// The original web client's name for `POST /apply`: the same rules and response.
 #[utoipa::path(post, path = "/apply-finance", tag = "finance", request_body = ApplicationRequest,
-    security(("bearer" = [])), responses(
-        (status = 201, description = "Submitted as pending", body = ApplyResponse),
+    security(("bearer" = [])), params(IdempotencyHeader), responses(
+        (status = 201, description = "Submitted as pending (or, with an `Idempotency-Key` already used for this body, the first response again)", body = ApplyResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
         (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
-        (status = 409, description = "The caller already has `MAX_PENDING_APPLICATIONS` (default 100) pending applications", body = ErrorBody),
+        (status = 409, description = "The caller already has `MAX_PENDING_APPLICATIONS` (default 100) pending applications, or a request with the same `Idempotency-Key` is still in progress", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules; the `Idempotency-Key` is malformed or was used with a different body", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
         (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
@@ -67,9 +69,21 @@ pub async fn apply(
 pub async fn apply_finance(
     State(deps): State<Arc<Deps>>,
     user: AuthUser,
+    key: IdempotencyKey,
     Json(body): Json<ApplicationRequest>,
-) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
-    submit(&deps, user, body).await
+) -> Result<Response, ApiError> {
+    submit_once(&deps, user, key, body).await
+}
+
+/// Both paths are one operation: a key used on one is honoured on the other.
+async fn submit_once(
+    deps: &Deps,
+    user: AuthUser,
+    key: IdempotencyKey,
+    body: ApplicationRequest,
+) -> Result<Response, ApiError> {
+    let keyed = key.scope(&user.username, "apply", &body);
+    idempotency::run(deps, keyed, submit(deps, user, body)).await
 }
 
 async fn submit(

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::{Router, extract::State, response::Response, routing::post};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
     http::{ApiError, AuthUser, ErrorBody, Json},
+    idempotency::{self, IdempotencyHeader, IdempotencyKey},
     store::to_json,
 };
 use mongodb::bson::{Bson, oid::ObjectId};
@@ -19,7 +20,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SelectRequest {
     /// A financing option's `_id`: 24 hex characters.
     #[schema(pattern = "^[0-9a-fA-F]{24}$")]
@@ -36,14 +37,15 @@ pub struct SelectResponse {
 /// Records the caller's one selected option (replacing any earlier one);
 /// records `financing_option_selected`.
 #[utoipa::path(post, path = "/select-financing-option", tag = "finance", request_body = SelectRequest,
-    security(("bearer" = [])), responses(
-        (status = 200, description = "Selected", body = SelectResponse),
+    security(("bearer" = [])), params(IdempotencyHeader), responses(
+        (status = 200, description = "Selected (or, with an `Idempotency-Key` already used for this body, the first response again)", body = SelectResponse),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
         (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
         (status = 404, description = "No such resource", body = ErrorBody),
+        (status = 409, description = "A request with the same `Idempotency-Key` is still in progress", body = ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 422, description = "A field is missing, of the wrong type, or outside its rules", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type, or outside its rules; the `Idempotency-Key` is malformed or was used with a different body", body = ErrorBody),
         (status = 500, description = "Internal error (logged, never detailed)", body = ErrorBody),
         (status = 503, description = "The database is unavailable or the event could not be recorded; retry after `Retry-After` seconds", body = ErrorBody),
 ))]
@@ -51,7 +53,17 @@ pub struct SelectResponse {
 pub async fn select(
     State(deps): State<Arc<Deps>>,
     user: AuthUser,
+    key: IdempotencyKey,
     Json(body): Json<SelectRequest>,
+) -> Result<Response, ApiError> {
+    let keyed = key.scope(&user.username, "select-financing-option", &body);
+    idempotency::run(&deps, keyed, select_option(&deps, user, body)).await
+}
+
+async fn select_option(
+    deps: &Deps,
+    user: AuthUser,
+    body: SelectRequest,
 ) -> Result<axum::Json<SelectResponse>, ApiError> {
     let id = ObjectId::parse_str(&body.option_id)
         .map_err(|_| ApiError::Validation("option_id must be a 24-character hex id".into()))?;
