@@ -27,6 +27,11 @@ pub struct Config {
     /// `MONGODB_TIMEOUT_MS`, default 1000: how long finding and connecting to
     /// a server may take before a request is answered 503.
     pub mongodb_timeout: Duration,
+    /// `MONGODB_MAX_TIME_MS`, default `HTTP_REQUEST_TIMEOUT_MS`: the server-side
+    /// time limit (`maxTimeMS`) of every read, so a query whose request has
+    /// already been answered 503 stops, rather than running on and slowing
+    /// the requests after it.
+    pub mongodb_max_time: Duration,
     /// `RABBITMQ_URI`; a secret for the same reason as `mongodb_uri`.
     pub rabbitmq_uri: SecretString,
     /// `RABBITMQ_QUEUE_PREFIX`, default empty: prepended to every queue name so
@@ -208,6 +213,7 @@ impl Config {
             }
         };
 
+        let request_timeout_ms = positive(&get, "HTTP_REQUEST_TIMEOUT_MS", 5000)?;
         Ok(Self {
             mongodb_uri: get("MONGODB_URI")
                 .unwrap_or_else(|| "mongodb://127.0.0.1:27017".into())
@@ -217,6 +223,7 @@ impl Config {
                 .map(|_| parse_number(&get, "MONGODB_MAX_POOL_SIZE", 0))
                 .transpose()?,
             mongodb_timeout: positive_millis(&get, "MONGODB_TIMEOUT_MS", 1000)?,
+            mongodb_max_time: positive_millis(&get, "MONGODB_MAX_TIME_MS", request_timeout_ms)?,
             rabbitmq_uri: get("RABBITMQ_URI")
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
                 .into(),
@@ -228,7 +235,7 @@ impl Config {
             port: parse_number(&get, "PORT", 8080)?,
             limits: HttpLimits {
                 header_read_timeout: positive_millis(&get, "HTTP_HEADER_READ_TIMEOUT_MS", 5000)?,
-                request_timeout: positive_millis(&get, "HTTP_REQUEST_TIMEOUT_MS", 5000)?,
+                request_timeout: Duration::from_millis(request_timeout_ms),
                 max_in_flight: positive(&get, "HTTP_MAX_IN_FLIGHT", 256)?,
                 max_connections: positive(&get, "HTTP_MAX_CONNECTIONS", 4096)?,
             },

@@ -110,6 +110,11 @@ impl From<StoreError> for ApiError {
         if err.is_unavailable() {
             tracing::warn!(error = %err, "database unavailable");
             ApiError::Unavailable("the database is unavailable; try again shortly".into())
+        } else if err.is_time_limit() {
+            tracing::warn!(error = %err, "database read over its time limit");
+            ApiError::Unavailable(
+                "the database is too busy to answer in time; try again shortly".into(),
+            )
         } else {
             ApiError::Internal(err.into())
         }

@@ -60,6 +60,10 @@ pub mod collections {
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
+/// The server's answer to a read past its `maxTimeMS`.
+const MAX_TIME_MS_EXPIRED: i32 = 50;
+/// The read time limit of a store built without a configuration (the tools').
+const DEFAULT_READ_LIMIT: Duration = Duration::from_secs(60);
 
 /// A database failure, named by the operation that failed: it reads
 /// "insert user: <the driver's error>" in a log line. Always a 5xx to the
@@ -85,6 +89,12 @@ impl StoreError {
     /// operation): the request may succeed if tried again shortly.
     pub fn is_unavailable(&self) -> bool {
         is_unavailable(&self.error)
+    }
+
+    /// Whether the server stopped the operation at its time limit
+    /// (`MONGODB_MAX_TIME_MS`): the database is too busy to answer in time.
+    pub fn is_time_limit(&self) -> bool {
+        matches!(self.error.kind.as_ref(), ErrorKind::Command(command) if command.code == MAX_TIME_MS_EXPIRED)
     }
 }
 
@@ -165,19 +175,29 @@ pub struct Store {
     /// Idempotency keys and the responses they replay (see [`Store::claim_idempotency_key`]).
     idempotency_keys: Collection<IdempotencyRecord>,
     options_cache: financing::OptionsCache,
+    /// Every read's `maxTimeMS`.
+    read_limit: Duration,
     counter_locks: Arc<analytics::CounterLocks>,
 }
 
 impl Store {
     /// Builds the client (no I/O happens until the first operation).
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
-        Self::connect_uri(
+        let store = Self::connect_uri(
             config.mongodb_uri.expose_secret(),
             &config.mongodb_database,
             config.mongodb_max_pool_size,
             config.mongodb_timeout,
         )
-        .await
+        .await?;
+        Ok(store.with_read_limit(config.mongodb_max_time))
+    }
+
+    /// Sets the server-side time limit of every read (`maxTimeMS`; see
+    /// `MONGODB_MAX_TIME_MS`). A read past it fails as [`StoreError::is_time_limit`].
+    pub fn with_read_limit(mut self, limit: Duration) -> Self {
+        self.read_limit = limit;
+        self
     }
 
     /// Builds the client from its parts (for tools that need no other
@@ -214,6 +234,7 @@ impl Store {
             login_failures: db.collection(collections::LOGIN_FAILURES),
             idempotency_keys: db.collection(collections::IDEMPOTENCY_KEYS),
             options_cache: financing::OptionsCache::default(),
+            read_limit: DEFAULT_READ_LIMIT,
             counter_locks: Arc::new(analytics::CounterLocks::new()),
             db,
         }

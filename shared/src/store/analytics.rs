@@ -145,6 +145,7 @@ impl Store {
                     .analytics
                     .clone_with_type::<Document>()
                     .find(doc! { "username": user, "pending": true })
+                    .max_time(self.read_limit)
                     .projection(doc! { "_id": 1 })
                     .await
                     .context("find pending analytics events")?
@@ -259,6 +260,7 @@ impl Store {
         let mut counters = self
             .analytics_counters
             .find(doc! {})
+            .max_time(self.read_limit)
             .projection(doc! { "recent": 0 })
             .await
             .context("read analytics counters")?;

@@ -105,6 +105,7 @@ impl Store {
             .applications
             .clone_with_type::<Document>()
             .find(doc! { "submitted_by": username })
+            .max_time(self.read_limit)
             .sort(doc! { "submitted_at": -1, "_id": -1 })
             .skip(page.skip())
             .limit(i64::try_from(page.per_page + 1).unwrap_or(i64::MAX))
@@ -123,6 +124,7 @@ impl Store {
     pub async fn pending_count(&self, username: &str) -> Result<u64, StoreError> {
         self.applications
             .count_documents(doc! { "submitted_by": username, "status": Status::Pending.as_str() })
+            .max_time(self.read_limit)
             .await
             .context("count pending applications")
     }
@@ -136,6 +138,7 @@ impl Store {
         let mut groups = self
             .applications
             .aggregate(pipeline)
+            .max_time(self.read_limit)
             .await
             .context("count applications by status")?;
         let mut counts = StatusCounts::default();
@@ -198,6 +201,7 @@ impl Store {
         let total_items = self
             .applications
             .estimated_document_count()
+            .max_time(self.read_limit)
             .await
             .context("count applications")?;
         let documents = self.applications.clone_with_type::<Document>();
@@ -205,6 +209,7 @@ impl Store {
         if page.skip() > 0 {
             let first = documents
                 .find_one(doc! {})
+                .max_time(self.read_limit)
                 .sort(doc! { "_id": 1 })
                 .skip(page.skip())
                 .projection(doc! { "_id": 1 })
@@ -224,6 +229,7 @@ impl Store {
         }
         let data = documents
             .find(filter)
+            .max_time(self.read_limit)
             .sort(doc! { "_id": 1 })
             .limit(i64::try_from(page.per_page).unwrap_or(i64::MAX))
             .await

@@ -37,6 +37,7 @@ impl Store {
         let cursor = self
             .financing_options
             .find(doc! {})
+            .max_time(self.read_limit)
             .sort(doc! { "_id": 1 })
             .await
             .context("find financing options")?;
@@ -50,6 +51,7 @@ impl Store {
     pub async fn find_option(&self, id: ObjectId) -> Result<Option<Document>, StoreError> {
         self.financing_options
             .find_one(doc! { "_id": id })
+            .max_time(self.read_limit)
             .await
             .context("find financing option")
     }

@@ -156,6 +156,7 @@ impl Store {
         let Some(record) = self
             .idempotency_keys
             .find_one(doc! { "user": claim.user, "key": claim.key })
+            .max_time(self.read_limit)
             .await
             .context("find idempotency key")?
         else {

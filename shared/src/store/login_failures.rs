@@ -53,6 +53,7 @@ impl Store {
         let windows: Vec<FailureWindow> = self
             .login_failures
             .find(doc! { "_id": { "$in": &ids }, "expires_at": { "$gt": now } })
+            .max_time(self.read_limit)
             .await
             .context("find login failures")?
             .try_collect()

@@ -97,6 +97,7 @@ impl Store {
             .outbox
             .clone_with_type::<Document>()
             .find(free.clone())
+            .max_time(self.read_limit)
             .sort(doc! { "_id": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .projection(doc! { "_id": 1 })
@@ -129,6 +130,7 @@ impl Store {
         let records = self
             .outbox
             .find(doc! { "_id": { "$in": &ids }, "claim": &claim })
+            .max_time(self.read_limit)
             .sort(doc! { "_id": 1 })
             .await
             .context("claim outbox records")?
@@ -169,6 +171,7 @@ impl Store {
         let depth = self
             .outbox
             .count_documents(doc! {})
+            .max_time(self.read_limit)
             .await
             .context("count outbox")?;
         if depth == 0 {
@@ -178,6 +181,7 @@ impl Store {
             .outbox
             .clone_with_type::<Document>()
             .find_one(doc! {})
+            .max_time(self.read_limit)
             .sort(doc! { "_id": 1 })
             .projection(doc! { "created_at": 1 })
             .await

@@ -81,6 +81,7 @@ impl Store {
     pub async fn find_user(&self, username: &str) -> Result<Option<UserDoc>, StoreError> {
         self.users
             .find_one(doc! { "username": username })
+            .max_time(self.read_limit)
             .await
             .context("find user")
     }
@@ -92,6 +93,7 @@ impl Store {
             .users
             .clone_with_type::<Document>()
             .find_one(doc! { "username": username })
+            .max_time(self.read_limit)
             .projection(doc! { "_id": 1 })
             .await
             .context("find user")?;
@@ -104,6 +106,7 @@ impl Store {
         let newest = self
             .users
             .find_one(doc! { "password": { "$exists": true } })
+            .max_time(self.read_limit)
             .sort(doc! { "_id": -1 })
             .await
             .context("find newest password hash")?;
