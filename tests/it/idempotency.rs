@@ -362,24 +362,11 @@ async fn selecting_twice_with_one_key_makes_one_selection_and_one_event() {
         .collect();
     let chosen = json!({ "option_id": ids[0] });
 
-    let first = answer(keyed(
-        &app,
-        "/select-financing-option",
-        &token,
-        KEY,
-        &chosen,
-    ))
-    .await;
-    let second = answer(keyed(
-        &app,
-        "/select-financing-option",
-        &token,
-        KEY,
-        &chosen,
-    ))
-    .await;
+    let select = |body| answer(keyed(&app, "/select-financing-option", &token, KEY, body));
+    let first = select(&chosen).await;
+    let second = select(&chosen).await;
     let other = json!({ "option_id": ids[1] });
-    let changed = answer(keyed(&app, "/select-financing-option", &token, KEY, &other)).await;
+    let changed = select(&other).await;
 
     assert_eq!(first.status, 200, "{first:?}");
     assert!(!first.replayed);
