@@ -247,11 +247,11 @@ async fn on_bcrypt_pool<T: Send + 'static>(
 ) -> Result<T, PasswordError> {
     let (done, result) = tokio::sync::oneshot::channel();
     let pool = bcrypt_pool()?;
-    let queue = crate::metrics::bcrypt_queue();
-    queue.increment(1.0);
+    // In `finapp_bcrypt_queue_depth` from submission until the hash is done.
+    let queued = crate::metrics::Queued::enter(crate::metrics::bcrypt_queue());
     pool.spawn(move || {
         let output = work();
-        queue.decrement(1.0);
+        drop(queued);
         // The receiver is gone only if the request was dropped; nothing to do.
         let _ = done.send(output);
     });

@@ -420,7 +420,7 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     let route = route
         .as_ref()
         .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-    let in_flight = metrics::InFlight::enter();
+    let in_flight = metrics::Queued::enter(metrics::in_flight());
     let started = Instant::now();
     let response = next.run(request).await;
     let elapsed = started.elapsed();

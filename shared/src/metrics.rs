@@ -148,16 +148,16 @@ pub fn endpoint(handle: PrometheusHandle) -> Router {
 
 /// The `status_class` label of a status code: `1xx` to `5xx`.
 pub fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    STATUS_CLASSES[class_index(status)]
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Where `status`'s class is in [`STATUS_CLASSES`]; `StatusCode` is 100-999,
+/// and anything past 5xx counts as 5xx.
+fn class_index(status: StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+}
 
 /// One route template's request handles.
 struct RouteHandles {
@@ -196,37 +196,31 @@ fn route_handles(route: &str, with: impl FnOnce(&RouteHandles)) {
 
 /// Counts one finished request of `route` (a template, or [`UNMATCHED_ROUTE`]).
 pub fn request_finished(route: &str, status: StatusCode, elapsed: Duration) {
-    let class = match status.as_u16() / 100 {
-        1 => 0,
-        2 => 1,
-        3 => 2,
-        4 => 3,
-        _ => 4,
-    };
     route_handles(route, |handles| {
-        handles.requests[class].increment(1);
+        handles.requests[class_index(status)].increment(1);
         handles.duration.record(elapsed.as_secs_f64());
     });
 }
 
-/// Holds one request in `finapp_http_requests_in_flight` until dropped, so a
-/// request whose future is dropped midway still leaves the gauge.
-pub struct InFlight(());
+/// Holds one unit of a gauge until dropped, so work that is dropped midway
+/// (a cancelled request, a panic) still leaves it.
+pub struct Queued(&'static Gauge);
 
-impl InFlight {
-    pub fn enter() -> Self {
-        in_flight().increment(1.0);
-        Self(())
+impl Queued {
+    pub fn enter(gauge: &'static Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Queued {
     fn drop(&mut self) {
-        in_flight().decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
-fn in_flight() -> &'static Gauge {
+/// `finapp_http_requests_in_flight`: requests being handled.
+pub fn in_flight() -> &'static Gauge {
     static GAUGE: OnceLock<Gauge> = OnceLock::new();
     GAUGE.get_or_init(|| gauge!(HTTP_REQUESTS_IN_FLIGHT, "function" => function()))
 }
