@@ -194,11 +194,19 @@ async fn the_metrics_port_counts_exactly_the_requests_made_by_route_and_status_c
     let outage = down.scrape().await;
     assert_eq!(outage.requests("apply", "/apply", "5xx"), OUTAGE as f64);
     assert_eq!(outage.requests("apply", "/apply", "2xx"), 0.0);
+    // Each 503 failed at its first operation, the token's user check.
     assert_eq!(
         outage.sum("finapp_mongodb_errors_total", &[("function", "apply")]),
         OUTAGE as f64,
         "{}",
         outage.0
+    );
+    assert_eq!(
+        outage.get(
+            "finapp_mongodb_errors_total",
+            &[("function", "apply"), ("operation", "find user")]
+        ),
+        Some(OUTAGE as f64)
     );
 }
 
@@ -343,4 +351,27 @@ async fn notify_consumer_counts_relayed_consumed_duplicate_and_dead_lettered_eve
             .get("finapp_events_recorded_total", &[("function", "apply")]),
         Some(EVENTS as f64)
     );
+}
+
+#[tokio::test]
+async fn a_route_with_parameters_is_labelled_by_its_template_never_its_path() {
+    let env = TestEnv::new().with_var("METRICS_PORT", "0");
+    let update = Scraped::start("update-status", &env).await;
+    let client = reqwest::Client::new();
+    for user in ["alice_metrics", "bob_metrics"] {
+        let (status, _) = send(client.put(format!(
+            "{}/update_status/{user}/approved",
+            update.function.base_url
+        )))
+        .await;
+        assert_eq!(status, 401);
+    }
+    let samples = update.scrape().await;
+    assert_eq!(
+        samples.requests("update-status", "/update_status/{user}/{status}", "4xx"),
+        2.0,
+        "{}",
+        samples.0
+    );
+    assert!(!samples.0.contains("alice_metrics"), "{}", samples.0);
 }
