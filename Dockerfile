@@ -22,8 +22,10 @@ COPY function /usr/local/bin/finapp-function
 # /etc/passwd, and the functions need none.
 USER 65532:65532
 # Without AWS_LAMBDA_RUNTIME_API (set only by Lambda) the HTTP functions serve
-# plain HTTP on PORT with GET /healthz; notify-consumer ignores PORT.
+# plain HTTP on PORT with GET /healthz; notify-consumer ignores PORT. Every
+# function, notify-consumer too, serves GET /metrics on METRICS_PORT (9464 by
+# default; docs/operations.md).
 ENV PORT=8080 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-EXPOSE 8080
+EXPOSE 8080 9464
 ENTRYPOINT ["/usr/local/bin/finapp-function"]

@@ -26,6 +26,9 @@ from routes import IMAGE, HOST, load  # noqa: E402
 
 NAMESPACE = "finapp"
 CONTAINER_PORT = 8080
+METRICS_PORT = 9464
+SCRAPE_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                      "prometheus.io/path": "/metrics"}
 CONFIG_KEYS = {"MONGODB_DATABASE", "RUST_LOG", "BCRYPT_COST", "ACCESS_TOKEN_EXPIRE_MINUTES"}
 SECRET_KEYS = {"JWT_SECRET_KEY", "MONGODB_URI", "RABBITMQ_URI"}
 
@@ -136,18 +139,25 @@ def main():
                 or sc.get("capabilities", {}).get("drop") != ["ALL"] \
                 or sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             problems.append("securityContext")
+        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+        ports = [(p.get("name"), p.get("containerPort")) for p in ctr.get("ports", [])]
+        annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+        if any(annotations.get(k) != v for k, v in SCRAPE_ANNOTATIONS.items()):
+            problems.append(f"pod annotations {SCRAPE_ANNOTATIONS}")
+        if env.get("METRICS_PORT") != str(METRICS_PORT):
+            problems.append(f"env METRICS_PORT={METRICS_PORT}")
         if fn in http:
-            env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
-            if [(p.get("name"), p.get("containerPort")) for p in ctr.get("ports", [])] != [("http", CONTAINER_PORT)]:
-                problems.append("ports: one named http on 8080")
+            if ports != [("http", CONTAINER_PORT), ("metrics", METRICS_PORT)]:
+                problems.append("ports: http on 8080 and metrics on 9464")
             if env.get("PORT") != str(CONTAINER_PORT):
                 problems.append("env PORT=8080")
             for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
                 get = ctr.get(probe, {}).get("httpGet", {})
                 if get.get("path") != path or get.get("port") not in ("http", CONTAINER_PORT):
                     problems.append(f"{probe} GET {path} on 8080")
-        elif ctr.get("ports") or ctr.get("livenessProbe") or ctr.get("readinessProbe"):
-            problems.append("no HTTP port or probes for a consumer")
+        elif ports != [("metrics", METRICS_PORT)] or "PORT" in env \
+                or ctr.get("livenessProbe") or ctr.get("readinessProbe"):
+            problems.append("a consumer: the metrics port only, no PORT, no probes")
         c.check(not problems, f"{prefix}{fn}: image, labels, settings, resources, probes, securityContext",
                 ", ".join(problems))
 

@@ -233,9 +233,11 @@ def function_patch(f, routes):
         f"      - {{op: replace, path: /metadata/name, value: {name}}}",
     ]
     if f["who"] == "event-triggered":
-        # No HTTP port: no Service, no port, no probes, no PORT.
+        # No HTTP port: no Service, no http port, no probes, no PORT; the
+        # metrics port and METRICS_PORT (second in the template's lists) stay.
         out += [
-            "  # A consumer has no HTTP port: no Service, no containerPort, no probes.",
+            "  # A consumer has no HTTP port: no Service, no http containerPort, no probes.",
+            "  # It keeps the metrics port, the second of the template's ports and env.",
             "  - target:",
             "      kind: Service",
             "    patch: |-",
@@ -247,8 +249,8 @@ def function_patch(f, routes):
             "  - target:",
             "      kind: Deployment",
             "    patch: |-",
-            "      - {op: remove, path: /spec/template/spec/containers/0/ports}",
-            "      - {op: remove, path: /spec/template/spec/containers/0/env}",
+            "      - {op: remove, path: /spec/template/spec/containers/0/ports/0}",
+            "      - {op: remove, path: /spec/template/spec/containers/0/env/0}",
             "      - {op: remove, path: /spec/template/spec/containers/0/readinessProbe}",
             "      - {op: remove, path: /spec/template/spec/containers/0/livenessProbe}",
             "      - {op: remove, path: /spec/template/spec/containers/0/lifecycle}",

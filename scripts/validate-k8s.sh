@@ -11,7 +11,8 @@
 # (tools/podsecurity); kube-score; scripts/check_k8s_routes.py (every function
 # and route of routes.toml, the Secret rules). Then: prod rendered twice is the
 # same and holds no Secret; the generated files match routes.toml
-# (scripts/routes.py); hadolint on the Dockerfile.
+# (scripts/routes.py); the alerting rules (scripts/check_alerts.py); hadolint
+# on the Dockerfile.
 # Tools come from scripts/deploy-tools.sh. Runs from any directory.
 # Usage: scripts/validate-k8s.sh [DIR]  validates DIR's infra/k8s, routes.toml
 # and Dockerfile (default: this repository); tests point it at broken copies.
@@ -118,6 +119,9 @@ step "dev does not render without its secrets.env" dev_needs_file
 
 echo "== generated files (scripts/routes.py)"
 step "routes.py: generated files match routes.toml" python3 "$REPO/scripts/routes.py" --root .
+
+echo "== alerting rules (infra/k8s/alerts.yaml)"
+step "check_alerts.py: alerts.yaml parses and names recorded metrics" "$PY" "$REPO/scripts/check_alerts.py" .
 
 echo "== hadolint Dockerfile"
 step "hadolint" "$VALIDATE_VENV/bin/hadolint" --no-color Dockerfile

@@ -22,6 +22,7 @@ use secrecy::SecretString;
 use finapp_shared::{
     Deps,
     auth::TokenKeys,
+    metrics,
     store::{OutboxBacklog, Store, StoreError},
 };
 
@@ -88,6 +89,7 @@ impl<'a> Relay<'a> {
     /// One round: report the backlog, claim, publish, delete.
     pub async fn round(&self) -> Result<Round, RelayError> {
         let backlog = self.store.outbox_backlog().await?;
+        metrics::outbox_backlog(backlog.depth, backlog.oldest_age);
         let mut round = Round {
             backlog,
             ..Round::default()
@@ -153,6 +155,7 @@ impl<'a> Relay<'a> {
         }
         self.store.forget_outbox(&published).await?;
         round.published = published.len();
+        metrics::events_relayed(published.len() as u64);
         Ok(round)
     }
 

@@ -246,9 +246,14 @@ async fn on_bcrypt_pool<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PasswordError> {
     let (done, result) = tokio::sync::oneshot::channel();
-    bcrypt_pool()?.spawn(move || {
+    let pool = bcrypt_pool()?;
+    // In `finapp_bcrypt_queue_depth` from submission until the hash is done.
+    let queued = crate::metrics::Queued::enter(crate::metrics::bcrypt_queue());
+    pool.spawn(move || {
+        let output = work();
+        drop(queued);
         // The receiver is gone only if the request was dropped; nothing to do.
-        let _ = done.send(work());
+        let _ = done.send(output);
     });
     result.await.map_err(|_| PasswordError::Dropped)
 }

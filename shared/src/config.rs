@@ -12,6 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 /// Shortest accepted `JWT_SECRET_KEY`: HS256 wants a key at least as long as its 32-byte output.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
+/// The Prometheus endpoint's port unless `METRICS_PORT` says otherwise: the
+/// default of the Prometheus exporters for OpenTelemetry, clear of `PORT`.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
 /// bcrypt's accepted cost range.
 const BCRYPT_COST_RANGE: std::ops::RangeInclusive<u32> = 4..=31;
 
@@ -48,6 +52,10 @@ pub struct Config {
     pub bcrypt_cost: u32,
     /// `PORT` for the plain HTTP mode, default 8080.
     pub port: u16,
+    /// `METRICS_PORT`, default [`DEFAULT_METRICS_PORT`]: where plain HTTP
+    /// mode serves `GET /metrics`, apart from `port`; `off` serves none (the
+    /// metrics are still recorded), `0` a free port. Unused under Lambda.
+    pub metrics_port: Option<u16>,
     /// How much one client, or all of them, may ask of a process.
     pub limits: HttpLimits,
     /// How much one account may hold, and how long a token's user is trusted to exist.
@@ -233,6 +241,10 @@ impl Config {
             token_ttl: Duration::from_secs(token_minutes * 60),
             bcrypt_cost,
             port: parse_number(&get, "PORT", 8080)?,
+            metrics_port: match get("METRICS_PORT").as_deref().map(str::trim) {
+                Some("off") => None,
+                _ => Some(parse_number(&get, "METRICS_PORT", DEFAULT_METRICS_PORT)?),
+            },
             limits: HttpLimits {
                 header_read_timeout: positive_millis(&get, "HTTP_HEADER_READ_TIMEOUT_MS", 5000)?,
                 request_timeout: Duration::from_millis(request_timeout_ms),
@@ -344,6 +356,7 @@ mod tests {
         assert_eq!(config.bcrypt_cost, 12);
         assert_eq!(config.mongodb_database, "finapp");
         assert_eq!(config.port, 8080);
+        assert_eq!(config.metrics_port, Some(DEFAULT_METRICS_PORT));
         assert_eq!(config.queue_prefix, "");
         assert_eq!(config.queue_type, QueueType::Classic);
         assert_eq!(config.limits, HttpLimits::default());
@@ -375,6 +388,7 @@ mod tests {
             ("BCRYPT_COST", "twelve"),
             ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
             ("PORT", "70000"),
+            ("METRICS_PORT", "none"),
             ("HTTP_MAX_IN_FLIGHT", "0"),
             ("HTTP_REQUEST_TIMEOUT_MS", "soon"),
             ("MAX_PENDING_APPLICATIONS", "0"),
@@ -386,6 +400,18 @@ mod tests {
             let err = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), (name, value)]).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_metrics_port_is_a_port_or_off() {
+        let port = |value: &str| {
+            config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), ("METRICS_PORT", value)])
+                .unwrap()
+                .metrics_port
+        };
+        assert_eq!(port("9100"), Some(9100));
+        assert_eq!(port("0"), Some(0));
+        assert_eq!(port("off"), None);
     }
 
     #[test]

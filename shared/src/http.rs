@@ -13,7 +13,7 @@ use axum::{
     Router,
     error_handling::HandleErrorLayer,
     extract::{
-        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request,
+        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::{HeaderValue, StatusCode, header, request::Parts},
@@ -30,6 +30,7 @@ use crate::{
     auth::{PasswordError, Role, TokenError},
     config::{HttpLimits, under_lambda},
     deps::Deps,
+    metrics,
     store::{Store, StoreError},
 };
 
@@ -107,6 +108,7 @@ pub enum InternalError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        metrics::mongodb_error(err.operation());
         if err.is_unavailable() {
             tracing::warn!(error = %err, "database unavailable");
             ApiError::Unavailable("the database is unavailable; try again shortly".into())
@@ -125,6 +127,7 @@ impl ApiError {
     /// The answer when a request's event could not be recorded in the outbox:
     /// 503, so the client retries, rather than an event silently lost.
     pub fn event_not_recorded(err: StoreError) -> Self {
+        metrics::mongodb_error(err.operation());
         tracing::error!(error = %err, "record event in the outbox");
         ApiError::Unavailable("the event could not be recorded; try again shortly".into())
     }
@@ -392,7 +395,7 @@ fn client_address(forwarded: &[&str], hops: usize, peer: Option<IpAddr>) -> Opti
 }
 
 /// Wraps a function's routes with what every function shares: JSON 404/405,
-/// the body limit, a request span carrying the request id, and the limits:
+/// the body limit, metrics, a request span carrying the request id, and the limits:
 /// at most `max_in_flight` requests at once (one more is refused at once with
 /// 503 and `Retry-After`), each for at most `request_timeout`.
 pub fn app(routes: Router, limits: &HttpLimits) -> Router {
@@ -404,6 +407,7 @@ pub fn app(routes: Router, limits: &HttpLimits) -> Router {
         // so all routes share one count.
         .layer(
             tower::ServiceBuilder::new()
+                .layer(middleware::from_fn(record_metrics))
                 .layer(middleware::from_fn(request_span))
                 .layer(HandleErrorLayer::new(refuse_over_limit))
                 .load_shed()
@@ -411,6 +415,32 @@ pub fn app(routes: Router, limits: &HttpLimits) -> Router {
                 .timeout(limits.request_timeout)
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+}
+
+/// Counts every request the function's routes answer (refusals by the
+/// limits included, the probes not), by route template and status class.
+/// Under Lambda, prints the request's EMF line as well.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route
+        .as_ref()
+        .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+    let in_flight = metrics::Queued::enter(metrics::in_flight());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    drop(in_flight);
+    metrics::request_finished(route, response.status(), elapsed);
+    if under_lambda() {
+        metrics::emf::print(&metrics::emf::request_line(
+            metrics::emf::now_ms(),
+            metrics::function(),
+            route,
+            metrics::status_class(response.status()),
+            elapsed.as_secs_f64(),
+        ));
+    }
+    response
 }
 
 /// The answer to a request the limits stopped: shed, or out of time.

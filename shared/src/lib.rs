@@ -12,6 +12,7 @@ pub mod events;
 pub mod finance;
 pub mod http;
 pub mod idempotency;
+pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -23,13 +24,15 @@ use axum::Router;
 
 pub use crate::deps::{Deps, StartError, bootstrap, load_config};
 
-/// A function's whole `main`: [`bootstrap`], then serving the routes `build`
-/// returns in whichever runtime this process is in.
-pub async fn run(build: fn(Arc<Deps>) -> Router) -> ExitCode {
+/// A function's whole `main`: [`bootstrap`], [`metrics::start`] under the
+/// name `function`, then serving the routes `build` returns in whichever
+/// runtime this process is in.
+pub async fn run(function: &'static str, build: fn(Arc<Deps>) -> Router) -> ExitCode {
     let deps = match bootstrap().await {
         Ok(deps) => deps,
         Err(code) => return code,
     };
+    start_metrics(function, &deps).await;
     let (port, limits) = (deps.config.port, deps.config.limits);
     let readiness = Arc::new(http::Readiness::new(deps.store.clone()));
     match http::serve(build(deps), port, &limits, readiness).await {
@@ -38,5 +41,13 @@ pub async fn run(build: fn(Arc<Deps>) -> Router) -> ExitCode {
             tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// [`metrics::start`] with the configured port. A metrics port that cannot be
+/// bound is logged and the function serves on: its traffic matters more.
+pub async fn start_metrics(function: &'static str, deps: &Deps) {
+    if let Err(err) = metrics::start(function, deps.config.metrics_port).await {
+        tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "metrics not served");
     }
 }

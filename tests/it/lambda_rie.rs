@@ -270,3 +270,75 @@ async fn notify_consumer_relays_the_outbox_when_the_schedule_invokes_it_under_th
     // The next period finds nothing to do.
     assert_eq!(rie.invoke(&schedule).await, json!({"published": 0}));
 }
+
+/// The EMF lines a process printed, each checked against every rule of the
+/// specification ([`finapp_shared::metrics::emf::check`]).
+fn emf_lines(process: &Process) -> Vec<Value> {
+    process
+        .output()
+        .iter()
+        .filter(|line| line.contains("\"_aws\""))
+        .map(|line| {
+            let start = line.find('{').unwrap();
+            finapp_shared::metrics::emf::check(&line[start..])
+                .unwrap_or_else(|err| panic!("not EMF ({err}): {line}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn under_the_emulator_each_request_prints_one_valid_emf_line() {
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let token = finapp_tests::user_token(&deps, "rie_emf_user").await;
+    let table = Table::load();
+    let route = table
+        .routes_of("apply")
+        .find(|route| route.path == "/apply")
+        .unwrap();
+    let application = json!({"loan_types": ["personal"], "amount": 700.0, "purpose": "Car"});
+    let rie = Rie::start("apply", &env).await;
+    const CREATED: usize = 2;
+    const REFUSED: usize = 3;
+    for _ in 0..CREATED {
+        let (status, body) = answer(
+            &rie.invoke(&http_event(route, Some(&token), &application))
+                .await,
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    for _ in 0..REFUSED {
+        let (status, _) = answer(&rie.invoke(&http_event(route, None, &application)).await);
+        assert_eq!(status, 401);
+    }
+    let lines = wait_for("an EMF line per request", Duration::from_secs(10), || {
+        let lines = emf_lines(&rie.process);
+        std::future::ready((lines.len() >= CREATED + REFUSED).then_some(lines))
+    })
+    .await;
+    assert_eq!(lines.len(), CREATED + REFUSED, "one line per request");
+    let count = |class: &str| {
+        lines
+            .iter()
+            .filter(|line| line["status_class"] == class)
+            .map(|line| line["finapp_http_requests_total"].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    assert_eq!(count("2xx"), CREATED as f64);
+    assert_eq!(count("4xx"), REFUSED as f64);
+    for line in &lines {
+        assert_eq!(line["function"], "apply");
+        assert_eq!(line["route"], "/apply");
+        assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Namespace"], "FinApp");
+        assert_eq!(
+            line["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["function", "route", "status_class"]])
+        );
+        assert!(
+            line["finapp_http_request_duration_seconds"]
+                .as_f64()
+                .unwrap()
+                >= 0.0
+        );
+    }
+}

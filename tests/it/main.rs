@@ -15,6 +15,7 @@ mod lambda_rie;
 mod lambda_watch;
 mod limits;
 mod login;
+mod metrics;
 mod openapi;
 mod outage;
 mod processes;

@@ -130,6 +130,33 @@ const K8S_BREAKS: &[(&str, &str, &str, &str)] = &[
         "- path: /log-in",
         "check_k8s_routes.py",
     ),
+    // The metrics port on the Service would let the ingress route /metrics.
+    (
+        "infra/k8s/base/function/function.yaml",
+        "      targetPort: http # containerPort 8080\n      protocol: TCP\n",
+        "      targetPort: http # containerPort 8080\n      protocol: TCP\n    - name: metrics\n      port: 9464\n      targetPort: metrics\n",
+        "check_k8s_routes.py",
+    ),
+    // Pods Prometheus would not discover.
+    (
+        "infra/k8s/base/function/function.yaml",
+        "        prometheus.io/scrape: \"true\"\n",
+        "",
+        "check_k8s_routes.py",
+    ),
+    // Alerting rules that do not parse, or watch a metric nobody records.
+    (
+        "infra/k8s/alerts.yaml",
+        "        for: 5m\n        labels:\n          severity: warning",
+        "        for: 5m\n       labels:\n          severity: warning",
+        "check_alerts.py",
+    ),
+    (
+        "infra/k8s/alerts.yaml",
+        "max(finapp_outbox_oldest_age_seconds)",
+        "max(finapp_outbox_oldest_age)",
+        "check_alerts.py",
+    ),
     // routes.toml changed without regenerating what follows from it.
     (
         "routes.toml",

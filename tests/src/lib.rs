@@ -124,8 +124,12 @@ impl TestEnv {
             .collect()
     }
 
-    /// The environment a function process of this test gets.
+    /// The environment a function process of this test gets. No metrics
+    /// endpoint unless the test sets `METRICS_PORT`: parallel processes
+    /// would all ask for the default port.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
+        let metrics_port = (!self.extra.iter().any(|(name, _)| *name == "METRICS_PORT"))
+            .then(|| ("METRICS_PORT", "off".to_owned()));
         vec![
             ("MONGODB_URI", self.mongodb_uri.clone()),
             ("MONGODB_DATABASE", self.database.clone()),
@@ -139,6 +143,7 @@ impl TestEnv {
             self.queue_type
                 .map(|kind| ("RABBITMQ_QUEUE_TYPE", kind.to_owned())),
         )
+        .chain(metrics_port)
         .chain(self.extra.iter().cloned())
         .collect()
     }
@@ -633,7 +638,11 @@ impl FunctionProcess {
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
         let mut command = Command::new(function_binary(name));
-        command.env_clear().env("PORT", "0").envs(vars);
+        command
+            .env_clear()
+            .env("PORT", "0")
+            .env("METRICS_PORT", "off")
+            .envs(vars);
         Self::spawn(command).await
     }
 

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(admin_applications::router).await
+    finapp_shared::run("admin-applications", admin_applications::router).await
 }

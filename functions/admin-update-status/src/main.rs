@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(admin_update_status::router).await
+    finapp_shared::run("admin-update-status", admin_update_status::router).await
 }

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(analytics::router).await
+    finapp_shared::run("analytics", analytics::router).await
 }

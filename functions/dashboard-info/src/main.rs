@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(dashboard_info::router).await
+    finapp_shared::run("dashboard-info", dashboard_info::router).await
 }

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(financing_options::router).await
+    finapp_shared::run("financing-options", financing_options::router).await
 }

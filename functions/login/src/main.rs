@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(login::router).await
+    finapp_shared::run("login", login::router).await
 }

@@ -286,7 +286,10 @@ pub async fn dead_letter(
         headers,
     };
     match publisher.publish_raw(outgoing).await {
-        Ok(()) => true,
+        Ok(()) => {
+            finapp_shared::metrics::events_dead_lettered(1);
+            true
+        }
         Err(err) => {
             tracing::error!(error = %err, "dead-letter publish failed; requeueing");
             false

@@ -20,7 +20,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use finapp_broker::RelayError;
-use finapp_shared::Deps;
+use finapp_shared::{
+    Deps,
+    metrics::{
+        self,
+        emf::{self, Unit},
+    },
+};
 use lambda_runtime::{LambdaEvent, service_fn};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::{Deserialize, Serialize};
@@ -121,6 +127,48 @@ pub enum Report {
     Relay(RelayReport),
 }
 
+impl Report {
+    /// The invocation's EMF line: what it recorded, or what it relayed.
+    pub fn emf_line(&self, timestamp_ms: u64) -> String {
+        // Counts far below 2^53.
+        #[allow(clippy::cast_precision_loss)]
+        let count = |n: usize| n as f64;
+        let dimensions = [("function", "notify-consumer")];
+        match self {
+            Report::Batch(batch) => emf::line(
+                timestamp_ms,
+                &dimensions,
+                &[
+                    (
+                        metrics::EVENTS_CONSUMED_TOTAL,
+                        Unit::Count,
+                        count(batch.recorded),
+                    ),
+                    (
+                        metrics::EVENTS_DUPLICATES_TOTAL,
+                        Unit::Count,
+                        count(batch.duplicates),
+                    ),
+                    (
+                        metrics::EVENTS_DEAD_LETTERED_TOTAL,
+                        Unit::Count,
+                        count(batch.dead_lettered),
+                    ),
+                ],
+            ),
+            Report::Relay(relay) => emf::line(
+                timestamp_ms,
+                &dimensions,
+                &[(
+                    metrics::EVENTS_RELAYED_TOTAL,
+                    Unit::Count,
+                    count(relay.published),
+                )],
+            ),
+        }
+    }
+}
+
 /// Why an invocation failed, so that it is retried.
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
@@ -158,7 +206,13 @@ pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
     let worker = Arc::new(Worker::new(deps));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let worker = worker.clone();
-        async move { handle(&worker, event.payload).await }
+        async move {
+            let report = handle(&worker, event.payload).await;
+            if let Ok(report) = &report {
+                emf::print(&report.emf_line(emf::now_ms()));
+            }
+            report
+        }
     }))
     .await
 }

@@ -45,6 +45,7 @@ pub async fn main() -> ExitCode {
         Ok(deps) => deps,
         Err(code) => return code,
     };
+    finapp_shared::start_metrics("notify-consumer", &deps).await;
     let result = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         lambda::run(deps).await
     } else {

@@ -3,6 +3,7 @@
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
+    metrics,
     store::{AnalyticsDoc, StoreError},
 };
 use mongodb::bson::DateTime;
@@ -89,14 +90,18 @@ pub async fn process_batch(
         .collect();
     let docs: Vec<&AnalyticsDoc> = checked.iter().filter_map(|doc| doc.as_ref().ok()).collect();
     let mut inserted = deps.store.record_analytics(&docs).await?.into_iter();
-    Ok(checked
+    let outcomes: Vec<Outcome> = checked
         .iter()
         .map(|doc| match doc {
             Err(rejection) => Outcome::Rejected(*rejection),
             Ok(_) if inserted.next() == Some(true) => Outcome::Recorded,
             Ok(_) => Outcome::Duplicate,
         })
-        .collect())
+        .collect();
+    let count = |wanted: &Outcome| outcomes.iter().filter(|o| *o == wanted).count() as u64;
+    metrics::events_consumed(count(&Outcome::Recorded));
+    metrics::events_duplicates(count(&Outcome::Duplicate));
+    Ok(outcomes)
 }
 
 /// Everything short of the write: authenticate, parse, and shape the document.

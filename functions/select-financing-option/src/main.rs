@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(select_financing_option::router).await
+    finapp_shared::run("select-financing-option", select_financing_option::router).await
 }

@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    finapp_shared::run(update_status::router).await
+    finapp_shared::run("update-status", update_status::router).await
 }

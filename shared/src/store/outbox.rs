@@ -79,6 +79,7 @@ impl Store {
             .insert_one(OutboxRecord::new(event))
             .await
             .context("record event")?;
+        crate::metrics::events_recorded(1);
         Ok(())
     }
 
