@@ -8,6 +8,7 @@
 # unlike req/s; they count user space only (no kernel, no cache misses).
 #
 #   LAYERS_FEW=1000 LAYERS_MANY=3000   the two request counts
+#   LAYERS_CASES="bare:info shared:info"  only these variants (variant:RUST_LOG), bare first
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -60,8 +61,9 @@ instructions() {
 
 bare=""
 printf '| variant | RUST_LOG | instructions per request | vs bare |\n|---|---|---|---|\n'
-for case in "bare info" "shared info" "shared warn" "shared-server info" "from-fn info" "request-id info" "limits info" "tower-http info"; do
-  read -r variant rust_log <<<"$case"
+cases=${LAYERS_CASES:-bare:info shared:info shared-metrics:info shared:warn shared-server:info from-fn:info request-id:info limits:info tower-http:info}
+for case in $cases; do
+  IFS=: read -r variant rust_log <<<"$case"
   low=$(instructions "$variant" "$rust_log" "$few")
   high=$(instructions "$variant" "$rust_log" "$many")
   per_request=$(((high - low) / (many - few)))

@@ -317,8 +317,11 @@ fn parse_number<T: std::str::FromStr>(
 }
 
 /// Whether this process runs under the Lambda runtime (or `cargo lambda watch`).
+/// Read once: the runtime sets the variable before the process starts, and
+/// the metrics middleware asks on every request.
 pub fn under_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+    static UNDER_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UNDER_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some())
 }
 
 #[cfg(test)]

@@ -114,9 +114,18 @@ async fn main() -> std::io::Result<()> {
         "tower-http" => with_tower_http(hello()),
         "limits" => with_limits(hello()),
         "shared-server" => finapp_shared::http::app(hello(), &Default::default()),
+        // As `shared`, with the Prometheus recorder installed, as every
+        // function's `main` does: the metrics are recorded, not only counted
+        // against no recorder.
+        "shared-metrics" => {
+            finapp_shared::metrics::start("bench-layers", None)
+                .await
+                .expect("the recorder installs");
+            finapp_shared::http::app(hello(), &Default::default())
+        }
         other => {
             eprintln!(
-                "unknown variant {other:?}: bare, shared, shared-server, from-fn, request-id, limits, tower-http"
+                "unknown variant {other:?}: bare, shared, shared-metrics, shared-server, from-fn, request-id, limits, tower-http"
             );
             std::process::exit(2);
         }
