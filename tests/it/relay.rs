@@ -133,23 +133,44 @@ async fn outbox_ids(env: &TestEnv) -> HashSet<String> {
 #[tokio::test]
 async fn with_a_silent_broker_every_event_emitting_route_answers_as_fast_and_the_relay_later_delivers_each_event_once()
  {
-    // Against a working broker first: the latencies to match.
+    // The same functions against a working broker, and with RABBITMQ_URI
+    // pointing at a listener that accepts and never answers.
     let working_env = TestEnv::new();
     let working = TestApp::spawn(&working_env, all_functions).await;
-    let (baseline, _) = emit_everywhere(&working, "steady").await;
-
-    // Then with RABBITMQ_URI pointing at a listener that accepts and never answers.
     let silent = SilentBroker::start().await;
     let env = TestEnv::new().with_broker(&silent.uri);
     let app = TestApp::spawn(&env, all_functions).await;
-    let (measured, recorded) = emit_everywhere(&app, "partitioned").await;
 
-    for ((route, normal), (_, partitioned)) in baseline.iter().zip(&measured) {
-        assert!(
-            *partitioned <= *normal + Duration::from_millis(100),
-            "{route}: slowest {partitioned:?} with a silent broker, {normal:?} with a working one"
+    // Both measured at once, so whatever else the machine runs (the rest of
+    // the suite) weighs on both alike. A round in which some route is slower
+    // by more than the slack is measured again, up to three rounds: a request
+    // that waited on the broker would be seconds slower in every one.
+    let mut recorded: HashMap<EventType, usize> = HashMap::new();
+    let mut slower = Vec::new();
+    for round in 0..3 {
+        let (steady, partitioned) = (format!("steady{round}"), format!("partitioned{round}"));
+        let ((baseline, _), (measured, events)) = tokio::join!(
+            emit_everywhere(&working, &steady),
+            emit_everywhere(&app, &partitioned),
         );
+        for (kind, count) in events {
+            *recorded.entry(kind).or_default() += count;
+        }
+        slower = baseline
+            .iter()
+            .zip(&measured)
+            .filter(|((_, normal), (_, partitioned))| {
+                *partitioned > *normal + Duration::from_millis(100)
+            })
+            .map(|((route, normal), (_, partitioned))| {
+                format!("{route}: slowest {partitioned:?} with a silent broker, {normal:?} with a working one")
+            })
+            .collect::<Vec<_>>();
+        if slower.is_empty() {
+            break;
+        }
     }
+    assert!(slower.is_empty(), "{}", slower.join("; "));
     assert_eq!(
         silent.connections(),
         0,
