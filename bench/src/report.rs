@@ -205,11 +205,7 @@ impl Report<'_> {
             });
         }
         if let Some(runs) = &self.pipeline {
-            let rate = median(
-                runs.iter()
-                    .filter(|run| run.source == Source::Outbox)
-                    .map(PipelineRun::events_per_sec),
-            );
+            let rate = median_rate(runs, Source::Outbox);
             targets.push(Target {
                 what: "Event pipeline >= 20,000 events/s end to end (outbox to user_analytics)"
                     .into(),
@@ -618,6 +614,15 @@ fn framework_section(out: &mut String, framework: &Framework) {
     );
 }
 
+/// The median end-to-end rate of the runs fed from `source`.
+fn median_rate(runs: &[PipelineRun], source: Source) -> f64 {
+    median(
+        runs.iter()
+            .filter(|run| run.source == source)
+            .map(PipelineRun::events_per_sec),
+    )
+}
+
 fn pipeline_section(out: &mut String, runs: &[PipelineRun], settings: &Settings) {
     let _ = writeln!(
         out,
@@ -674,7 +679,7 @@ fn pipeline_section(out: &mut String, runs: &[PipelineRun], settings: &Settings)
     let batched = median(runs.iter().map(|run| run.batched_ceiling));
     for source in Source::ALL {
         let of = || runs.iter().filter(move |run| run.source == source);
-        let rate = median(of().map(PipelineRun::events_per_sec));
+        let rate = median_rate(runs, source);
         let _ = writeln!(
             out,
             "| **median** | {} | | {:.0} | | **{rate:.0}** | {:.0} | {batched:.0} | {record:.0} | | | | | | |",
@@ -683,11 +688,7 @@ fn pipeline_section(out: &mut String, runs: &[PipelineRun], settings: &Settings)
             median(of().map(|run| run.insert_ceiling)),
         );
     }
-    let whole = median(
-        runs.iter()
-            .filter(|run| run.source == Source::Outbox)
-            .map(PipelineRun::events_per_sec),
-    );
+    let whole = median_rate(runs, Source::Outbox);
     let _ = writeln!(
         out,
         "\nTarget: >= 20,000 events/s from the outbox to `user_analytics` — met: {}. \
