@@ -1,12 +1,13 @@
 //! The outbox relay: the one part of the bundle that publishes events.
 //!
-//! Each round claims the oldest outbox records under a lease (up to
-//! [`BATCH`]), signs an event token for each, publishes them in order on one
-//! confirm-mode channel, waits for the confirms together, and deletes the
-//! records the broker took. A record whose publish failed is released for the
-//! next round; one left behind by a relay that died is taken again once its
-//! lease ([`LEASE`]) ends. The consumer records each event id once, so a
-//! record published twice (a crash between confirm and delete) counts once.
+//! One relay publishes at a time: each round it takes or renews the relay
+//! lock for [`LEASE`] (a relay that finds another holding it waits its
+//! turn), reads up to [`BATCH`] records, signs an event token for each,
+//! publishes them oldest first on one confirm-mode channel, waits for the
+//! confirms together, and deletes the records the broker took. A record whose
+//! publish failed stays for the next round; a relay that died leaves the lock
+//! to the next once its lease ends. The consumer records each event id once,
+//! so a record published twice (a crash between confirm and delete) counts once.
 //!
 //! notify-consumer runs [`Relay::run`] beside its consumer on Kubernetes
 //! (a round every [`IDLE_POLL`] while idle, the next at once after a full
@@ -14,6 +15,7 @@
 
 use std::{
     future::Future,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -23,16 +25,20 @@ use finapp_shared::{
     Deps,
     auth::TokenKeys,
     metrics,
-    store::{OutboxBacklog, Store, StoreError},
+    store::{OutboxBacklog, OutboxRecord, Store, StoreError},
 };
 
 use crate::publisher::{Outgoing, PublishError, Publisher};
 
-/// Most records claimed and published per round.
-pub const BATCH: usize = 128;
-/// How long a claim holds its records: well beyond a round's worst case
-/// (a connect and a batch's confirms, [`crate::topology::BROKER_TIMEOUT`] each).
+/// Most records read and published per round.
+pub const BATCH: usize = 256;
+/// How long the relay lock lasts unrenewed: well beyond a round's worst case
+/// (a connect and a batch's confirms, [`crate::topology::BROKER_TIMEOUT`] each),
+/// and how long a relay that died keeps the next one waiting.
 pub const LEASE: Duration = Duration::from_secs(10);
+/// How often a backlog deeper than a batch is re-estimated (each estimate
+/// costs the server an `ANALYZE` on FerretDB).
+const ESTIMATE_EVERY: Duration = Duration::from_secs(5);
 /// The pause between rounds that found less than a full batch: the delivery
 /// latency added while the outbox is quiet.
 pub const IDLE_POLL: Duration = Duration::from_millis(150);
@@ -55,8 +61,11 @@ pub enum RelayError {
 /// What one round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Round {
-    /// The outbox as the round found it.
+    /// The outbox as the round found it; zero when another relay holds the lock.
     pub backlog: OutboxBacklog,
+    /// Whether another relay held the lock, so this one did nothing.
+    pub standby: bool,
+    /// Records read to publish.
     pub claimed: usize,
     /// Confirmed by the broker and deleted from the outbox.
     pub published: usize,
@@ -74,6 +83,10 @@ pub struct Relay<'a> {
     pub store: &'a Store,
     pub publisher: &'a Publisher,
     pub tokens: &'a TokenKeys,
+    /// Names this relay in the lock.
+    holder: String,
+    /// The last estimate of a deep backlog, and when it was taken.
+    estimate: Mutex<Option<(Instant, u64)>>,
 }
 
 impl<'a> Relay<'a> {
@@ -83,18 +96,28 @@ impl<'a> Relay<'a> {
             store: &deps.store,
             publisher,
             tokens: &deps.tokens,
+            holder: uuid::Uuid::new_v4().to_string(),
+            estimate: Mutex::new(None),
         }
     }
 
-    /// One round: report the backlog, claim, publish, delete.
+    /// One round: hold the lock, read a batch, report the backlog, publish, delete.
     pub async fn round(&self) -> Result<Round, RelayError> {
-        let backlog = self.store.outbox_backlog().await?;
+        if !self.store.hold_relay_lock(&self.holder, LEASE).await? {
+            return Ok(Round {
+                standby: true,
+                ..Round::default()
+            });
+        }
+        let records = self.store.next_outbox_batch(BATCH).await?;
+        let backlog = self.backlog(&records).await?;
         metrics::outbox_backlog(backlog.depth, backlog.oldest_age);
         let mut round = Round {
             backlog,
+            claimed: records.len(),
             ..Round::default()
         };
-        if backlog.depth == 0 {
+        if records.is_empty() {
             return Ok(round);
         }
         let oldest_age_ms = u64::try_from(backlog.oldest_age.as_millis()).unwrap_or(u64::MAX);
@@ -103,55 +126,31 @@ impl<'a> Relay<'a> {
         } else {
             tracing::debug!(depth = backlog.depth, oldest_age_ms, "outbox backlog");
         }
-        let claim = self.store.claim_outbox(BATCH, LEASE).await?;
-        round.claimed = claim.records.len();
-        if claim.records.is_empty() {
-            return Ok(round);
-        }
-        let tokens: Vec<SecretString> = claim
-            .records
+        let tokens: Vec<SecretString> = records
             .iter()
             .map(|record| self.tokens.issue_event(&record.event.username))
             .collect();
-        let bodies: Vec<Vec<u8>> = claim
-            .records
+        let bodies: Vec<Vec<u8>> = records
             .iter()
             .map(|record| serde_json::to_vec(&record.event).expect("an Event always serializes"))
             .collect();
-        let messages = claim
-            .records
+        let messages = records
             .iter()
             .zip(&bodies)
             .zip(&tokens)
             .map(|((record, body), token)| Outgoing::event(&record.event, body, &record.id, token))
             .collect();
-        let ids: Vec<&str> = claim
-            .records
+        let taken = self.publisher.publish_batch(messages).await?;
+        let published: Vec<&str> = records
             .iter()
-            .map(|record| record.id.as_str())
+            .zip(taken)
+            .filter_map(|(record, taken)| taken.then_some(record.id.as_str()))
             .collect();
-        let taken = match self.publisher.publish_batch(messages).await {
-            Ok(taken) => taken,
-            Err(err) => {
-                self.release(&claim.id, &ids).await;
-                return Err(err.into());
-            }
-        };
-        let mut published = Vec::with_capacity(ids.len());
-        let mut refused = Vec::new();
-        for (id, taken) in ids.iter().copied().zip(taken) {
-            if taken {
-                published.push(id);
-            } else {
-                refused.push(id);
-            }
-        }
-        if !refused.is_empty() {
+        if published.len() < records.len() {
             tracing::warn!(
-                count = refused.len(),
+                count = records.len() - published.len(),
                 "broker refused outbox events; they stay for the next round"
             );
-            self.release(&claim.id, &refused).await;
         }
         self.store.forget_outbox(&published).await?;
         round.published = published.len();
@@ -159,11 +158,25 @@ impl<'a> Relay<'a> {
         Ok(round)
     }
 
-    /// Best effort: a release that fails only delays the records by a lease.
-    async fn release(&self, claim: &str, ids: &[&str]) {
-        if let Err(err) = self.store.release_outbox(claim, ids).await {
-            tracing::warn!(error = %err, "outbox lease not released; it runs out by itself");
+    /// The backlog `batch` shows; when it is a full batch, the depth is the
+    /// server's estimate, taken at most every [`ESTIMATE_EVERY`].
+    async fn backlog(&self, batch: &[OutboxRecord]) -> Result<OutboxBacklog, StoreError> {
+        let mut backlog = OutboxBacklog::of(batch);
+        if batch.len() < BATCH {
+            *self.estimate.lock().expect("never poisoned") = None;
+            return Ok(backlog);
         }
+        let cached = *self.estimate.lock().expect("never poisoned");
+        let depth = match cached {
+            Some((at, depth)) if at.elapsed() < ESTIMATE_EVERY => depth,
+            _ => {
+                let depth = self.store.outbox_depth_estimate().await?;
+                *self.estimate.lock().expect("never poisoned") = Some((Instant::now(), depth));
+                depth
+            }
+        };
+        backlog.depth = backlog.depth.max(depth);
+        Ok(backlog)
     }
 
     /// Runs rounds until `shutdown` resolves: the next at once after a full
@@ -199,7 +212,7 @@ impl<'a> Relay<'a> {
             };
             tokio::select! {
                 biased;
-                () = &mut shutdown => return,
+                () = &mut shutdown => return self.release().await,
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -211,12 +224,26 @@ impl<'a> Relay<'a> {
     pub async fn drain(&self, budget: Duration) -> Result<usize, RelayError> {
         let started = Instant::now();
         let mut published = 0;
-        loop {
-            let round = self.round().await?;
-            published += round.published;
-            if !round.full() || started.elapsed() >= budget {
-                return Ok(published);
+        let drained = loop {
+            match self.round().await {
+                Ok(round) => {
+                    published += round.published;
+                    if !round.full() || started.elapsed() >= budget {
+                        break Ok(published);
+                    }
+                }
+                Err(err) => break Err(err),
             }
+        };
+        self.release().await;
+        drained
+    }
+
+    /// Gives the lock up, so the next relay starts at once. Best effort: a
+    /// lock not given up runs out after [`LEASE`].
+    async fn release(&self) {
+        if let Err(err) = self.store.release_relay_lock(&self.holder).await {
+            tracing::warn!(error = %err, "relay lock not released; it runs out by itself");
         }
     }
 }

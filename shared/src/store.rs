@@ -26,7 +26,7 @@ pub use applications::{
 pub use financing::FINANCING_OPTIONS_TTL;
 pub use idempotency::{Claim, ClaimToken, IdempotencyRecord, KeyClaim, StoredResponse};
 pub use login_failures::{FailureWindow, ThrottleKey};
-pub use outbox::{OutboxBacklog, OutboxClaim, OutboxRecord};
+pub use outbox::{OutboxBacklog, OutboxRecord};
 pub use users::{InsertUserError, UserDoc};
 
 use std::{sync::Arc, time::Duration};
@@ -52,6 +52,7 @@ pub mod collections {
     pub const FINANCING_OPTIONS: &str = "financing_options";
     pub const SELECTIONS: &str = "user_financing_selections";
     pub const OUTBOX: &str = "outbox";
+    pub const OUTBOX_LOCK: &str = "outbox_lock";
     pub const ANALYTICS: &str = "user_analytics";
     pub const ANALYTICS_COUNTERS: &str = "analytics_counters";
     pub const LOGIN_FAILURES: &str = "login_failures";
@@ -165,6 +166,8 @@ pub struct Store {
     financing_options: Collection<Document>,
     selections: Collection<Document>,
     outbox: Collection<OutboxRecord>,
+    /// The relay lock (see [`Store::hold_relay_lock`]).
+    outbox_lock: Collection<Document>,
     analytics: Collection<AnalyticsDoc>,
     /// One document per user: `_id` the username, `events`, `logins`,
     /// `financing_checks`, `types` {type: count}, and `recent`, the ids of
@@ -229,6 +232,7 @@ impl Store {
             financing_options: db.collection(collections::FINANCING_OPTIONS),
             selections: db.collection(collections::SELECTIONS),
             outbox: db.collection(collections::OUTBOX),
+            outbox_lock: db.collection(collections::OUTBOX_LOCK),
             analytics: db.collection(collections::ANALYTICS),
             analytics_counters: db.collection(collections::ANALYTICS_COUNTERS),
             login_failures: db.collection(collections::LOGIN_FAILURES),
@@ -275,13 +279,6 @@ impl Store {
             .await
             .map_err(|source| IndexError::Create {
                 collection: "applications",
-                source,
-            })?;
-        self.outbox
-            .create_index(index(doc! { "relay_after": 1 }).build())
-            .await
-            .map_err(|source| IndexError::Create {
-                collection: "outbox",
                 source,
             })?;
         // The consumer looks up a user's pending events when a copy is redelivered.

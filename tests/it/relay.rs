@@ -264,7 +264,11 @@ async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_onc
             .unwrap();
     }
     let recorded: HashSet<String> = events.iter().map(|event| event.id.to_string()).collect();
-    let outbox = env.db().await.collection::<Document>("outbox");
+    let outbox = env.db().await.collection::<Document>(collections::OUTBOX);
+    let lock = env
+        .db()
+        .await
+        .collection::<Document>(collections::OUTBOX_LOCK);
 
     let relay = || {
         let mut command = Command::new(function_binary("notify-consumer"));
@@ -273,15 +277,15 @@ async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_onc
     };
     let mut first = relay();
     wait_for(
-        "the relay part-way through, a batch under its lease",
+        "the relay part-way through, holding the relay lock",
         Duration::from_secs(60),
         || async {
             let left = outbox.count_documents(doc! {}).await.unwrap();
-            let leased = outbox
-                .count_documents(doc! { "relay_after": { "$gt": mongodb::bson::DateTime::now() } })
+            let held = lock
+                .count_documents(doc! { "until": { "$gt": mongodb::bson::DateTime::now() } })
                 .await
                 .unwrap();
-            (left < EVENTS as u64 && leased > 0).then_some(())
+            (left < EVENTS as u64 && held > 0).then_some(())
         },
     )
     .await;
@@ -318,6 +322,54 @@ async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_onc
     let counted = deps.store.analytics_summary().await.unwrap();
     assert_eq!(counted.total_events, EVENTS as u64);
     assert_eq!(counted.total_logins, EVENTS as u64);
+}
+
+#[tokio::test]
+async fn two_relays_at_once_publish_each_event_once() {
+    const EVENTS: usize = 1_000;
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let events: Vec<Event> = (0..EVENTS)
+        .map(|i| Event::new(EventType::UserActivity, "pair_ann", format!("visit {i}")))
+        .collect();
+    let records = deps
+        .store
+        .database()
+        .collection::<OutboxRecord>(collections::OUTBOX);
+    for chunk in events.chunks(500) {
+        records
+            .insert_many(chunk.iter().map(OutboxRecord::new))
+            .await
+            .unwrap();
+    }
+    // Two relays, each with a store of its own, as two replicas would have.
+    let relays = [
+        RelayTask::spawn(env.deps().await),
+        RelayTask::spawn(env.deps().await),
+    ];
+    wait_for("the outbox emptied", Duration::from_secs(90), || async {
+        (env.count("outbox").await == 0).then_some(())
+    })
+    .await;
+    for relay in relays {
+        relay.stop().await;
+    }
+    let queue = env.queue(EventType::UserActivity);
+    assert_eq!(env.queue_depth(&queue).await, EVENTS as u32);
+    let mut delivered = HashSet::new();
+    for message in env.take_messages(EventType::UserActivity, EVENTS).await {
+        let event: Event = serde_json::from_slice(&message.delivery.data).unwrap();
+        assert!(delivered.insert(event.id), "{} published twice", event.id);
+    }
+    assert_eq!(
+        delivered,
+        events.iter().map(|event| event.id).collect::<HashSet<_>>()
+    );
+    assert_eq!(
+        env.count(collections::OUTBOX_LOCK).await,
+        0,
+        "a relay stopped without giving the lock up"
+    );
 }
 
 #[tokio::test]

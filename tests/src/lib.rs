@@ -259,42 +259,60 @@ impl TestEnv {
     /// Takes the next message from the queue named `queue`, waiting up to 10 s.
     pub async fn next_message_on(&self, queue: &str) -> BasicGetMessage {
         let (_connection, channel) = self.channel().await;
-        // A queue that does not exist yet would close the channel on basic_get.
-        channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let queue = queue.to_owned();
-        let message = wait_for(
-            &format!("a message on {queue}"),
-            Duration::from_secs(10),
-            || {
-                let channel = channel.clone();
-                let queue = queue.clone();
-                async move {
-                    channel
-                        .basic_get(queue.as_str().into(), BasicGetOptions::default())
-                        .await
-                        .ok()
-                        .flatten()
-                }
-            },
-        )
-        .await;
-        message
-            .delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .unwrap();
-        message
+        declare_durable(&channel, queue).await;
+        take_next(&channel, queue).await
     }
+
+    /// Takes `count` messages from this test's queue for `kind` over one
+    /// channel, waiting up to 10 s for each.
+    pub async fn take_messages(&self, kind: EventType, count: usize) -> Vec<BasicGetMessage> {
+        let queue = self.queue(kind);
+        let (_connection, channel) = self.channel().await;
+        declare_durable(&channel, &queue).await;
+        let mut messages = Vec::with_capacity(count);
+        for _ in 0..count {
+            messages.push(take_next(&channel, &queue).await);
+        }
+        messages
+    }
+}
+
+/// Declares `queue` as the functions do: a queue that does not exist yet
+/// would close the channel on `basic_get`.
+async fn declare_durable(channel: &lapin::Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Takes and acknowledges the next message of `queue`, waiting up to 10 s.
+async fn take_next(channel: &lapin::Channel, queue: &str) -> BasicGetMessage {
+    let message = wait_for(
+        &format!("a message on {queue}"),
+        Duration::from_secs(10),
+        || async {
+            channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    message
+        .delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    message
 }
 
 impl Default for TestEnv {

@@ -62,6 +62,14 @@ impl CounterLocks {
     pub(super) fn new() -> Self {
         Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
     }
+
+    /// The lock that serialises writes to `user`'s counter document.
+    fn of(&self, user: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::Hasher as _;
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(user.as_bytes());
+        &self.0[hasher.finish() as usize % COUNTER_STRIPES]
+    }
 }
 
 impl Store {
@@ -104,16 +112,18 @@ impl Store {
     /// Stores events (see [`Store::insert_analytics`]) and counts each one
     /// exactly once in `analytics_counters`; `true` for each event that was new.
     ///
-    /// Three writes per user, each safe to repeat: the events go in marked
-    /// `pending`; the user's counters are incremented together with pushing the
-    /// events' ids onto the counter document's `recent`, in one update that
-    /// matches only while none of those ids is there (so a repeat is a no-op);
-    /// then the events lose their mark and the ids leave `recent`. A crash
+    /// Two writes per user and two per batch, each safe to repeat: the events
+    /// go in marked `pending` (one `insert_many`); each user's counters are
+    /// incremented together with pushing the events' ids onto the counter
+    /// document's `recent`, in one update that matches only while none of
+    /// those ids is there (so a repeat is a no-op); then the batch's events
+    /// lose their mark (one `update_many`), and last the ids leave each
+    /// user's `recent`. A crash
     /// anywhere leaves the message unacknowledged; its redelivery finds the
     /// event stored and still pending, and counts it unless `recent` shows it
     /// counted. A redelivery of a counted event is counted never.
     ///
-    /// A user's counter updates are serialised within the process: FerretDB
+    /// Every write to a user's counter document is serialised within the process: FerretDB
     /// 1.24 applies an update by reading the document and writing it back whole,
     /// so two concurrent `$inc`s on one document can lose one (MongoDB applies
     /// each atomically). Several consumer processes on FerretDB could still
@@ -132,14 +142,10 @@ impl Store {
                 seen.push(event)
             }
         }
+        let mut counted: Vec<&str> = Vec::new();
+        let mut clear: Vec<(&str, Vec<&str>)> = Vec::with_capacity(by_user.len());
         for (user, (mut to_count, seen)) in by_user {
-            let stripe = {
-                use std::hash::Hasher as _;
-                let mut hasher = std::hash::DefaultHasher::new();
-                hasher.write(user.as_bytes());
-                hasher.finish() as usize % COUNTER_STRIPES
-            };
-            let _serialised = self.counter_locks.0[stripe].lock().await;
+            let _serialised = self.counter_locks.of(user).lock().await;
             if !seen.is_empty() {
                 let pending: HashSet<String> = self
                     .analytics
@@ -169,21 +175,29 @@ impl Store {
                 to_count.extend(again);
             }
             self.count_events(user, &to_count).await?;
-            if !to_count.is_empty() {
-                let counted: Vec<&str> = to_count.iter().map(|event| event.id.as_str()).collect();
-                self.analytics
-                    .update_many(
-                        doc! { "username": user, "pending": true, "_id": { "$in": &counted } },
-                        doc! { "$unset": { "pending": "" } },
-                    )
-                    .await
-                    .context("unmark counted analytics events")?;
-            }
+            counted.extend(to_count.iter().map(|event| event.id.as_str()));
             let ids: Vec<&str> = to_count
                 .iter()
                 .chain(&seen)
                 .map(|event| event.id.as_str())
                 .collect();
+            clear.push((user, ids));
+        }
+        // One write for the whole batch: FerretDB pushes the `pending`
+        // equality down, so it reads only the events still pending.
+        if !counted.is_empty() {
+            self.analytics
+                .update_many(
+                    doc! { "pending": true, "_id": { "$in": &counted } },
+                    doc! { "$unset": { "pending": "" } },
+                )
+                .await
+                .context("unmark counted analytics events")?;
+        }
+        // Only now, with the events unmarked, may their ids leave `recent`:
+        // an event pending and not in `recent` is one not counted yet.
+        for (user, ids) in clear {
+            let _serialised = self.counter_locks.of(user).lock().await;
             // $pullAll: FerretDB 1.24 ignores $pull with an {$in: ...} condition.
             self.analytics_counters
                 .update_one(
