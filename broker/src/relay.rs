@@ -5,7 +5,8 @@
 //! confirm-mode channel, waits for the confirms together, and deletes the
 //! records the broker took. A record whose publish failed is released for the
 //! next round; one left behind by a relay that died is taken again once its
-//! lease ([`LEASE`]) ends. The consumer records each event id once, so a
+//! lease ([`LEASE`]) ends. A record's `traceparent` (the span of the request
+//! that recorded it) goes out as the message's `traceparent` header. The consumer records each event id once, so a
 //! record published twice (a crash between confirm and delete) counts once.
 //!
 //! notify-consumer runs [`Relay::run`] beside its consumer on Kubernetes
@@ -123,7 +124,10 @@ impl<'a> Relay<'a> {
             .iter()
             .zip(&bodies)
             .zip(&tokens)
-            .map(|((record, body), token)| Outgoing::event(&record.event, body, &record.id, token))
+            .map(|((record, body), token)| {
+                Outgoing::event(&record.event, body, &record.id, token)
+                    .with_traceparent(record.traceparent.as_deref())
+            })
             .collect();
         let ids: Vec<&str> = claim
             .records

@@ -38,10 +38,14 @@ pub struct OutboxRecord {
     /// The claim that holds the record's lease, if any did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// The recording request's span as a W3C `traceparent`, while spans are
+    /// exported; the relay passes it on in the message's headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl OutboxRecord {
-    /// A record of `event`, claimable at once.
+    /// A record of `event`, claimable at once, in the current span's trace.
     pub fn new(event: &Event) -> Self {
         let now = DateTime::now();
         Self {
@@ -50,6 +54,7 @@ impl OutboxRecord {
             created_at: now,
             relay_after: now,
             claim: None,
+            traceparent: crate::telemetry::current_traceparent().map(|parent| parent.to_string()),
         }
     }
 }
