@@ -491,7 +491,7 @@ async fn request_span(request: Request, next: Next) -> Response {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let caller = caller_trace(&request);
+    let caller = caller_trace(&request, under_lambda());
     let exporting = telemetry::exporting();
     let span = if exporting {
         // Named for the trace viewer; these fields reach the logs only while
@@ -563,9 +563,9 @@ async fn request_span(request: Request, next: Next) -> Response {
 }
 
 /// The caller's span, if the request names one: its W3C `traceparent`; else,
-/// under Lambda, the invocation's X-Ray trace id (Lambda's own segment, also
+/// `under_lambda`, the invocation's X-Ray trace id (Lambda's own segment, also
 /// in `_X_AMZN_TRACE_ID`), or the `X-Amzn-Trace-Id` header API Gateway passes on.
-fn caller_trace(request: &Request) -> Option<TraceParent> {
+fn caller_trace(request: &Request, under_lambda: bool) -> Option<TraceParent> {
     let header = |name| {
         request
             .headers()
@@ -575,7 +575,7 @@ fn caller_trace(request: &Request) -> Option<TraceParent> {
     if let Some(value) = header("traceparent") {
         return TraceParent::parse(value);
     }
-    if !under_lambda() {
+    if !under_lambda {
         return None;
     }
     request
@@ -763,6 +763,58 @@ mod tests {
         assert_eq!(client_address(&["2001:db8::1"], 1, peer), ip("2001:db8::1"));
         assert_eq!(client_address(&["not-an-ip"], 1, peer), peer);
         assert_eq!(client_address(&[], 1, peer), peer);
+    }
+
+    #[test]
+    fn the_callers_span_is_its_traceparent_else_under_lambda_the_invocations_xray_id() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let invocation =
+            "Root=1-6759e988-bd862e3fe1be46a994272793;Parent=63995c3f42cd8ad8;Sampled=1";
+        let request = |headers: &[(&'static str, &str)], context: Option<&str>| {
+            let mut request = Request::new(axum::body::Body::empty());
+            for (name, value) in headers {
+                request
+                    .headers_mut()
+                    .insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            if let Some(id) = context {
+                let mut context = lambda_http::Context::default();
+                context.xray_trace_id = Some(id.to_owned());
+                request.extensions_mut().insert(context);
+            }
+            request
+        };
+        let trace_id = |request: &Request, lambda| {
+            caller_trace(request, lambda).map(|parent| parent.trace_id_hex())
+        };
+        let both = request(
+            &[("traceparent", traceparent), ("x-amzn-trace-id", xray)],
+            Some(invocation),
+        );
+        assert_eq!(
+            trace_id(&both, true).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let xray_only = request(&[("x-amzn-trace-id", xray)], Some(invocation));
+        assert_eq!(
+            trace_id(&xray_only, true).as_deref(),
+            Some("6759e988bd862e3fe1be46a994272793")
+        );
+        let header_only = request(&[("x-amzn-trace-id", xray)], None);
+        assert_eq!(
+            trace_id(&header_only, true).as_deref(),
+            Some("5759e988bd862e3fe1be46a994272793")
+        );
+        // Outside Lambda an X-Ray header names no parent; a bad traceparent none either.
+        assert_eq!(trace_id(&header_only, false), None);
+        assert_eq!(
+            trace_id(
+                &request(&[("traceparent", "00-nonsense")], Some(invocation)),
+                true
+            ),
+            None
+        );
     }
 
     #[tokio::test]
