@@ -12,8 +12,8 @@
 //! - `tower-http`: the id and span from tower-http's `SetRequestId`,
 //!   `TraceLayer` and `PropagateRequestId`, which need no boxing per request
 //! - `shared-traced`: `shared` with spans exported over OTLP, as with
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` set, to `BENCH_OTLP_ENDPOINT` (default: a
-//!   closed port, so every batch is encoded and its send fails)
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` set, to `BENCH_OTLP_ENDPOINT` (the script's
+//!   sink; by default a closed port, where each failed send is retried)
 
 use axum::{
     Router,
