@@ -14,7 +14,11 @@
 //! `RUST_LOG` lets through, so the request spans need `info`. The flow
 //! (request, outbox, relay, AMQP header, consumer) is in docs/operations.md.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    fmt::{self, Write as _},
+    sync::OnceLock,
+    time::Duration,
+};
 
 use opentelemetry::{
     Context,
@@ -26,9 +30,18 @@ use opentelemetry::{
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response, hyper::HyperClient};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing::{Level, Span};
+use tracing::{
+    Level, Span,
+    field::{Field, Visit},
+    span::Record,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{filter::Targets, fmt, prelude::*};
+use tracing_subscriber::{
+    field::RecordFields,
+    filter::Targets,
+    fmt::{FormatFields, FormattedFields, format::Writer},
+    prelude::*,
+};
 
 use crate::trace_context::TraceParent;
 
@@ -48,13 +61,14 @@ pub fn init(service: &str) {
 /// [`init`] with the variables `lookup` gives.
 pub fn init_from(service: &str, lookup: impl Fn(&str) -> Option<String>) {
     let filter = filter(lookup("RUST_LOG").as_deref());
-    let format = fmt::layer()
+    let format = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         // The whole span list, so a line logged inside a handler's own span
         // still carries the enclosing request span's `request_id`.
         .with_current_span(false)
         .with_span_list(true)
+        .fmt_fields(SpanFields)
         .with_target(false)
         .with_writer(std::io::stdout);
     let exporter = traces_endpoint(&lookup).map(|endpoint| {
@@ -245,6 +259,147 @@ pub fn current_traceparent() -> Option<TraceParent> {
     traceparent_of(&Span::current())
 }
 
+/// Span fields as the JSON object the JSON formatter expects, written
+/// straight into the span's buffer: tracing-subscriber's `JsonFields` builds a
+/// map of `serde_json::Value`s and serializes it for every span, and on a
+/// later `record` parses it back. The values are the same (strings escaped as
+/// serde_json does, `Debug` values as strings); keys keep their order.
+struct SpanFields;
+
+impl<'writer> FormatFields<'writer> for SpanFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        writer.write_char('{')?;
+        let mut visitor = JsonEntries::new(&mut writer, true);
+        fields.record(&mut visitor);
+        visitor.result?;
+        writer.write_char('}')
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        if current.fields.pop() != Some('}') {
+            current.fields.clear();
+            current.fields.push('{');
+        }
+        let first = current.fields.ends_with('{');
+        let mut visitor = JsonEntries::new(&mut current.fields, first);
+        fields.record(&mut visitor);
+        let result = visitor.result;
+        current.fields.push('}');
+        result
+    }
+}
+
+/// Writes each field it visits as a `"name":value` entry, comma-separated.
+struct JsonEntries<'a> {
+    writer: &'a mut dyn fmt::Write,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl<'a> JsonEntries<'a> {
+    fn new(writer: &'a mut dyn fmt::Write, first: bool) -> Self {
+        Self {
+            writer,
+            first,
+            result: Ok(()),
+        }
+    }
+
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut dyn fmt::Write) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            ","
+        };
+        self.result = (|| {
+            self.writer.write_str(separator)?;
+            self.writer.write_char('"')?;
+            JsonEscaped(&mut *self.writer).write_str(name)?;
+            self.writer.write_str("\":")?;
+            value(&mut *self.writer)
+        })();
+    }
+}
+
+impl Visit for JsonEntries<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.entry(field, |writer| {
+            writer.write_char('"')?;
+            JsonEscaped(&mut *writer).write_str(value)?;
+            writer.write_char('"')
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.entry(field, |writer| {
+            writer.write_char('"')?;
+            write!(JsonEscaped(&mut *writer), "{value:?}")?;
+            writer.write_char('"')
+        });
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.entry(field, |writer| write!(writer, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.entry(field, |writer| write!(writer, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.entry(field, |writer| write!(writer, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.entry(field, |writer| {
+            write!(writer, "{}", serde_json::Value::from(value))
+        });
+    }
+}
+
+/// Escapes what it is given as the inside of a JSON string, as serde_json does.
+struct JsonEscaped<'a>(&'a mut dyn fmt::Write);
+
+impl fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut start = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            self.0.write_str(&text[start..at])?;
+            if escaped.is_empty() {
+                write!(self.0, "\\u{byte:04x}")?;
+            } else {
+                self.0.write_str(escaped)?;
+            }
+            start = at + 1;
+        }
+        self.0.write_str(&text[start..])
+    }
+}
+
 /// The filter `RUST_LOG` asks for. `Targets` rather than `EnvFilter`: the same
 /// level directives minus span and field filters, without a regex engine in
 /// every binary.
@@ -277,6 +432,82 @@ mod tests {
                 "{rust_log:?}"
             );
         }
+    }
+
+    /// The log lines of `log`, written with `fields` as the span field formatter.
+    fn lines_with<N>(fields: N, log: impl FnOnce()) -> Vec<serde_json::Value>
+    where
+        N: for<'writer> FormatFields<'writer> + Send + Sync + 'static,
+    {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .fmt_fields(fields)
+            .with_target(false)
+            .without_time()
+            .with_writer(move || Sink(sink.clone()));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect(line))
+            .collect()
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn span_fields_log_as_tracing_subscribers_json_fields_do() {
+        let log = || {
+            let request = tracing::info_span!(
+                "request",
+                request_id = %"id \"quoted\" \\ \n\u{1}",
+                trace_id = tracing::field::Empty
+            );
+            let _request = request.enter();
+            request.record("trace_id", tracing::field::display("4bf92f35"));
+            tracing::info!("in the request span");
+            let inner = tracing::info_span!(
+                "handler",
+                r#type = "user",
+                count = 3_u64,
+                delta = -2_i64,
+                ok = true,
+                ratio = 1.5,
+                whole = 2.0,
+                list = ?vec!["a", "b"],
+                late = tracing::field::Empty,
+            );
+            let _inner = inner.enter();
+            inner.record("late", "été");
+            inner.record("count", 4_u64);
+            tracing::info!(extra = 1, "in both spans");
+            let empty = tracing::info_span!("empty");
+            let _empty = empty.enter();
+            tracing::warn!("in an empty span");
+        };
+        let ours = lines_with(SpanFields, log);
+        let theirs = lines_with(tracing_subscriber::fmt::format::JsonFields::new(), log);
+        assert_eq!(ours.len(), 3);
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            ours[0]["spans"][0]["request_id"],
+            "id \"quoted\" \\ \n\u{1}"
+        );
+        assert_eq!(ours[1]["spans"][1]["count"], 4);
     }
 
     #[test]
