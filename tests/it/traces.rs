@@ -24,19 +24,19 @@ use serde_json::Value;
 
 /// A span as the collector received it, with the `service.name` of its process.
 #[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    span: Span,
+pub(crate) struct Received {
+    pub service: String,
+    pub span: Span,
 }
 
 /// An OTLP/HTTP collector on a free port, keeping every span it is sent.
-struct Collector {
-    endpoint: String,
+pub(crate) struct Collector {
+    pub endpoint: String,
     spans: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Collector {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let spans = Arc::new(Mutex::new(Vec::new()));
@@ -48,7 +48,7 @@ impl Collector {
     }
 
     /// The first span `pick` chooses among those received so far.
-    fn find(&self, pick: impl Fn(&Received) -> bool) -> Option<Received> {
+    pub fn find(&self, pick: impl Fn(&Received) -> bool) -> Option<Received> {
         self.spans.lock().unwrap().iter().find(|r| pick(r)).cloned()
     }
 }
