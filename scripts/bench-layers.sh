@@ -9,6 +9,7 @@
 #
 #   LAYERS_FEW=1000 LAYERS_MANY=3000   the two request counts
 #   LAYERS_CASES="bare:info shared:info"  only these variants (variant:RUST_LOG), bare first
+#   (`shared-traced` exports its spans to an OTLP sink this script starts)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -59,9 +60,32 @@ instructions() {
   awk '/^summary:/ { found = 1; print $2 } END { exit !found }' "$out"
 }
 
+# `shared-traced` exports to a sink that answers every OTLP POST with 200,
+# as a collector would; it runs outside valgrind, so its work is not counted.
+if [[ " ${LAYERS_CASES:-shared-traced:} " == *" shared-traced:"* ]]; then
+  sink_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 - "$sink_port" <<'EOF' &
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+EOF
+  sink_pid=$!
+  trap 'kill "$sink_pid" 2>/dev/null; rm -rf "$work"' EXIT
+  export BENCH_OTLP_ENDPOINT="http://127.0.0.1:$sink_port"
+fi
+
 bare=""
 printf '| variant | RUST_LOG | instructions per request | vs bare |\n|---|---|---|---|\n'
-cases=${LAYERS_CASES:-bare:info shared:info shared-metrics:info shared:warn shared-server:info from-fn:info request-id:info limits:info tower-http:info}
+cases=${LAYERS_CASES:-bare:info shared:info shared-metrics:info shared-traced:info shared:warn shared-server:info from-fn:info request-id:info limits:info tower-http:info}
 for case in $cases; do
   IFS=: read -r variant rust_log <<<"$case"
   low=$(instructions "$variant" "$rust_log" "$few")

@@ -57,6 +57,18 @@ impl<'a> Outgoing<'a> {
             headers,
         }
     }
+
+    /// The message with a W3C `traceparent` header, if there is one to carry:
+    /// the consumer's span becomes a child of the span it names.
+    pub fn with_traceparent(mut self, traceparent: Option<&str>) -> Self {
+        if let Some(traceparent) = traceparent {
+            self.headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(LongString::from(traceparent)),
+            );
+        }
+        self
+    }
 }
 
 /// The process's publisher: one connection and one confirm-mode channel.

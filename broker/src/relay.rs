@@ -6,8 +6,10 @@
 //! publishes them oldest first on one confirm-mode channel, waits for the
 //! confirms together, and deletes the records the broker took. A record whose
 //! publish failed stays for the next round; a relay that died leaves the lock
-//! to the next once its lease ends. The consumer records each event id once,
-//! so a record published twice (a crash between confirm and delete) counts once.
+//! to the next once its lease ends. A record's `traceparent` (the span of the
+//! request that recorded it) goes out as the message's `traceparent` header.
+//! The consumer records each event id once, so a record published twice (a
+//! crash between confirm and delete) counts once.
 //!
 //! notify-consumer runs [`Relay::run`] beside its consumer on Kubernetes
 //! (a round every [`IDLE_POLL`] while idle, the next at once after a full
@@ -138,7 +140,10 @@ impl<'a> Relay<'a> {
             .iter()
             .zip(&bodies)
             .zip(&tokens)
-            .map(|((record, body), token)| Outgoing::event(&record.event, body, &record.id, token))
+            .map(|((record, body), token)| {
+                Outgoing::event(&record.event, body, &record.id, token)
+                    .with_traceparent(record.traceparent.as_deref())
+            })
             .collect();
         let taken = self.publisher.publish_batch(messages).await?;
         let published: Vec<&str> = records

@@ -79,10 +79,11 @@ async fn ensure_indexes_when_back(store: Store) {
     }
 }
 
-/// Start-up shared by every binary: logging, configuration, clients. A failure
-/// is logged and becomes the exit code to return.
-pub async fn bootstrap() -> Result<Arc<Deps>, ExitCode> {
-    telemetry::init();
+/// Start-up shared by every binary: logging and tracing (as `service`),
+/// configuration, clients. A failure is logged and becomes the exit code to
+/// return.
+pub async fn bootstrap(service: &str) -> Result<Arc<Deps>, ExitCode> {
+    telemetry::init(service);
     let config = load_config().await.map_err(|err| {
         tracing::error!(error = %err, "cannot start");
         ExitCode::FAILURE

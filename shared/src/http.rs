@@ -32,6 +32,8 @@ use crate::{
     deps::Deps,
     metrics,
     store::{Store, StoreError},
+    telemetry,
+    trace_context::TraceParent,
 };
 
 /// Largest request body any function accepts; every body here is a small JSON object.
@@ -464,6 +466,10 @@ pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 /// Runs `request` inside a span holding its id (Lambda's, the caller's
 /// `x-request-id`, or a new one) and echoes the id in the response.
 ///
+/// The span is a child of the caller's span ([`caller_trace`]) and carries
+/// the trace id as `trace_id` when there is a trace; while spans are exported
+/// the response names the request's own span in `traceparent`.
+///
 /// Refusals and failures are logged where they happen, inside this span, so
 /// they carry the id. The line for every completed request is `debug` on
 /// [`ACCESS_LOG_TARGET`] (API Gateway and the ingress keep access logs of their
@@ -485,7 +491,44 @@ async fn request_span(request: Request, next: Next) -> Response {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let caller = caller_trace(&request, under_lambda());
+    let exporting = telemetry::exporting();
+    let span = if exporting {
+        // Named for the trace viewer; these fields reach the logs only while
+        // spans are exported.
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+        tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            otel.name = %format_args!("{} {route}", request.method()),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %request.method(),
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            trace_id = tracing::field::Empty
+        )
+    };
+    if exporting && let Some(caller) = caller {
+        let tracestate = request
+            .headers()
+            .get("tracestate")
+            .and_then(|value| value.to_str().ok());
+        telemetry::set_remote_parent(&span, caller, tracestate);
+    }
+    let own = telemetry::traceparent_of(&span);
+    if let Some(trace) = own.or(caller) {
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    }
     async move {
         let method = request.method().clone();
         let uri = request.uri().clone();
@@ -503,10 +546,52 @@ async fn request_span(request: Request, next: Next) -> Response {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
+        if let Some(own) = own {
+            let span = tracing::Span::current();
+            span.record("http.response.status_code", status);
+            if response.status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+            if let Ok(value) = HeaderValue::from_str(&own.to_string()) {
+                response.headers_mut().insert("traceparent", value);
+            }
+        }
         response
     }
     .instrument(span)
     .await
+}
+
+/// The caller's span, if the request names one: its W3C `traceparent`; else,
+/// `under_lambda`, the invocation's X-Ray trace id (Lambda's own segment, also
+/// in `_X_AMZN_TRACE_ID`), or the `X-Amzn-Trace-Id` header API Gateway passes on.
+fn caller_trace(request: &Request, under_lambda: bool) -> Option<TraceParent> {
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    if let Some(value) = header("traceparent") {
+        return TraceParent::parse(value);
+    }
+    if !under_lambda {
+        return None;
+    }
+    request
+        .extensions()
+        .lambda_context_ref()
+        .and_then(|context| context.xray_trace_id.as_deref())
+        .and_then(TraceParent::from_xray)
+        .or_else(|| header("x-amzn-trace-id").and_then(TraceParent::from_xray))
+}
+
+/// Exports the spans of each invocation before returning its response: Lambda
+/// freezes the instance once it has the response.
+async fn flush_traces(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    telemetry::flush().await;
+    response
 }
 
 /// Whether this process can serve: MongoDB answers. Checked at most once per
@@ -573,9 +658,11 @@ pub async fn serve(
     readiness: Arc<Readiness>,
 ) -> Result<(), ServeError> {
     if under_lambda() {
-        return lambda_http::run(app(routes, limits))
-            .await
-            .map_err(ServeError::Lambda);
+        let mut app = app(routes, limits);
+        if telemetry::exporting() {
+            app = app.layer(middleware::from_fn(flush_traces));
+        }
+        return lambda_http::run(app).await.map_err(ServeError::Lambda);
     }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
@@ -676,6 +763,58 @@ mod tests {
         assert_eq!(client_address(&["2001:db8::1"], 1, peer), ip("2001:db8::1"));
         assert_eq!(client_address(&["not-an-ip"], 1, peer), peer);
         assert_eq!(client_address(&[], 1, peer), peer);
+    }
+
+    #[test]
+    fn the_callers_span_is_its_traceparent_else_under_lambda_the_invocations_xray_id() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let invocation =
+            "Root=1-6759e988-bd862e3fe1be46a994272793;Parent=63995c3f42cd8ad8;Sampled=1";
+        let request = |headers: &[(&'static str, &str)], context: Option<&str>| {
+            let mut request = Request::new(axum::body::Body::empty());
+            for (name, value) in headers {
+                request
+                    .headers_mut()
+                    .insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            if let Some(id) = context {
+                let mut context = lambda_http::Context::default();
+                context.xray_trace_id = Some(id.to_owned());
+                request.extensions_mut().insert(context);
+            }
+            request
+        };
+        let trace_id = |request: &Request, lambda| {
+            caller_trace(request, lambda).map(|parent| parent.trace_id_hex())
+        };
+        let both = request(
+            &[("traceparent", traceparent), ("x-amzn-trace-id", xray)],
+            Some(invocation),
+        );
+        assert_eq!(
+            trace_id(&both, true).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let xray_only = request(&[("x-amzn-trace-id", xray)], Some(invocation));
+        assert_eq!(
+            trace_id(&xray_only, true).as_deref(),
+            Some("6759e988bd862e3fe1be46a994272793")
+        );
+        let header_only = request(&[("x-amzn-trace-id", xray)], None);
+        assert_eq!(
+            trace_id(&header_only, true).as_deref(),
+            Some("5759e988bd862e3fe1be46a994272793")
+        );
+        // Outside Lambda an X-Ray header names no parent; a bad traceparent none either.
+        assert_eq!(trace_id(&header_only, false), None);
+        assert_eq!(
+            trace_id(
+                &request(&[("traceparent", "00-nonsense")], Some(invocation)),
+                true
+            ),
+            None
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod trace_context;
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -24,18 +25,20 @@ use axum::Router;
 
 pub use crate::deps::{Deps, StartError, bootstrap, load_config};
 
-/// A function's whole `main`: [`bootstrap`], [`metrics::start`] under the
+/// A function's whole `main`: [`bootstrap`] and [`metrics::start`] under the
 /// name `function`, then serving the routes `build` returns in whichever
-/// runtime this process is in.
+/// runtime this process is in, then exporting the last spans.
 pub async fn run(function: &'static str, build: fn(Arc<Deps>) -> Router) -> ExitCode {
-    let deps = match bootstrap().await {
+    let deps = match bootstrap(function).await {
         Ok(deps) => deps,
         Err(code) => return code,
     };
     start_metrics(function, &deps).await;
     let (port, limits) = (deps.config.port, deps.config.limits);
     let readiness = Arc::new(http::Readiness::new(deps.store.clone()));
-    match http::serve(build(deps), port, &limits, readiness).await {
+    let served = http::serve(build(deps), port, &limits, readiness).await;
+    telemetry::shutdown().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "stopped");

@@ -265,6 +265,7 @@ async fn process_all(
             body,
             authorization: Some(tokens[user].as_str()),
             message_id: None,
+            traceparent: None,
         })
         .collect();
     process_batch(deps, &incoming).await.unwrap()
@@ -357,6 +358,7 @@ async fn events_stored_by_a_consumer_that_crashed_before_counting_are_counted_on
                     body,
                     authorization: Some(tokens[user].as_str()),
                     message_id: None,
+                    traceparent: None,
                 },
             )
             .unwrap()

@@ -201,6 +201,7 @@ async fn a_redelivered_event_is_recorded_once() {
         body: &body,
         authorization: Some(&authorization),
         message_id: None,
+        traceparent: None,
     };
 
     assert_eq!(process(&deps, message).await.unwrap(), Outcome::Recorded);
@@ -234,6 +235,7 @@ async fn a_batch_records_new_events_once_and_reports_each_message_in_order() {
         body: &bodies[n],
         authorization: Some(&authorization),
         message_id: None,
+        traceparent: None,
     };
     // Already stored before the batch arrives.
     assert_eq!(process(&deps, message(0)).await.unwrap(), Outcome::Recorded);

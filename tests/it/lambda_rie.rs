@@ -59,8 +59,16 @@ impl Rie {
 
     /// Invokes the function with `event` and returns what it answered.
     async fn invoke(&self, event: &Value) -> Value {
-        let response = reqwest::Client::new()
-            .post(&self.url)
+        self.invoke_traced(event, None).await
+    }
+
+    /// [`Self::invoke`] in the X-Ray trace `xray`, as Lambda passes it on.
+    async fn invoke_traced(&self, event: &Value, xray: Option<&str>) -> Value {
+        let mut request = reqwest::Client::new().post(&self.url);
+        if let Some(xray) = xray {
+            request = request.header("X-Amzn-Trace-Id", xray);
+        }
+        let response = request
             .json(event)
             .timeout(Duration::from_secs(30))
             .send()
@@ -341,4 +349,54 @@ async fn under_the_emulator_each_request_prints_one_valid_emf_line() {
                 >= 0.0
         );
     }
+}
+
+#[tokio::test]
+async fn under_the_emulator_a_request_joins_its_xray_trace_and_is_exported_before_the_invocation_ends()
+ {
+    let collector = crate::traces::Collector::start().await;
+    // Batches every ten minutes: only the flush at the end of the invocation
+    // can deliver the span within the test's deadline.
+    let env = TestEnv::new()
+        .with_var("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .with_var("OTEL_BSP_SCHEDULE_DELAY", 600_000);
+    let deps = env.deps().await;
+    let token = finapp_tests::user_token(&deps, "rie_traced").await;
+    let table = Table::load();
+    let route = table.routes_of("apply").next().unwrap();
+    let rie = Rie::start("apply", &env).await;
+    let root = uuid::Uuid::new_v4().simple().to_string();
+    let xray = format!(
+        "Root=1-{}-{};Parent=53995c3f42cd8ad8;Sampled=1",
+        &root[..8],
+        &root[8..]
+    );
+    let mut event = http_event(
+        route,
+        Some(&token),
+        &json!({"loan_types": ["personal"], "amount": 700.0, "purpose": "Car"}),
+    );
+    event["headers"]["x-amzn-trace-id"] = json!(xray);
+    let (status, body) = answer(&rie.invoke_traced(&event, Some(&xray)).await);
+    assert_eq!(status, 201, "{body}");
+
+    let trace_id = hex_bytes(&root);
+    let request = wait_for(
+        "apply's request span, flushed by the invocation",
+        Duration::from_secs(10),
+        || async { collector.find(|r| r.service == "apply" && r.span.name == "POST /apply") },
+    )
+    .await;
+    assert_eq!(
+        request.span.trace_id, trace_id,
+        "the X-Ray root is the trace id"
+    );
+    assert_eq!(request.span.parent_span_id, hex_bytes("53995c3f42cd8ad8"));
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
+        .collect()
 }

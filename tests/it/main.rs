@@ -24,5 +24,6 @@ mod routes;
 mod secrets;
 mod signup;
 mod throttle;
+mod traces;
 mod validators;
 mod web_client;

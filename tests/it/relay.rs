@@ -487,6 +487,7 @@ async fn the_consumer_accepts_event_tokens_and_the_originals_plain_tokens_and_no
                 body: &body,
                 authorization: Some(&authorization),
                 message_id: None,
+                traceparent: None,
             },
         )
         .await

@@ -96,7 +96,7 @@ impl TestEnv {
     pub fn with_bcrypt_cost(bcrypt_cost: u32) -> Self {
         // FINAPP_TEST_LOG=1 shows the functions' own logs while debugging a test.
         if std::env::var_os("FINAPP_TEST_LOG").is_some() {
-            finapp_shared::telemetry::init();
+            finapp_shared::telemetry::init("finapp-tests");
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {

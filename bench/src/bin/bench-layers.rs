@@ -11,6 +11,9 @@
 //! - `request-id`: `from_fn` with the request id and its response header, no span
 //! - `tower-http`: the id and span from tower-http's `SetRequestId`,
 //!   `TraceLayer` and `PropagateRequestId`, which need no boxing per request
+//! - `shared-traced`: `shared` with spans exported over OTLP, as with
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` set, to `BENCH_OTLP_ENDPOINT` (the script's
+//!   sink; by default a closed port, where each failed send is retried)
 
 use axum::{
     Router,
@@ -113,7 +116,7 @@ async fn main() -> std::io::Result<()> {
         "request-id" => hello().layer(middleware::from_fn(request_id_only)),
         "tower-http" => with_tower_http(hello()),
         "limits" => with_limits(hello()),
-        "shared-server" => finapp_shared::http::app(hello(), &Default::default()),
+        "shared-server" | "shared-traced" => finapp_shared::http::app(hello(), &Default::default()),
         // As `shared`, with the Prometheus recorder installed, as every
         // function's `main` does: the metrics are recorded, not only counted
         // against no recorder.
@@ -125,12 +128,18 @@ async fn main() -> std::io::Result<()> {
         }
         other => {
             eprintln!(
-                "unknown variant {other:?}: bare, shared, shared-metrics, shared-server, from-fn, request-id, limits, tower-http"
+                "unknown variant {other:?}: bare, shared, shared-metrics, shared-server, shared-traced, from-fn, request-id, limits, tower-http"
             );
             std::process::exit(2);
         }
     };
-    finapp_shared::telemetry::init();
+    let otlp_endpoint = (variant == "shared-traced").then(|| {
+        std::env::var("BENCH_OTLP_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9".to_owned())
+    });
+    finapp_shared::telemetry::init_from("bench-layers", |name| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => otlp_endpoint.clone(),
+        _ => std::env::var(name).ok(),
+    });
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|port| port.parse().ok())

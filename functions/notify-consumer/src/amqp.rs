@@ -166,6 +166,7 @@ struct Received {
     headers: FieldTable,
     authorization: Option<String>,
     message_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl Received {
@@ -174,6 +175,7 @@ impl Received {
         Self {
             kind,
             authorization: header_text(&headers, "Authorization"),
+            traceparent: header_text(&headers, "traceparent"),
             message_id: delivery
                 .properties
                 .message_id()
@@ -190,6 +192,7 @@ impl Received {
             body: &self.delivery.data,
             authorization: self.authorization.as_deref(),
             message_id: self.message_id.as_deref(),
+            traceparent: self.traceparent.as_deref(),
         }
     }
 }

@@ -26,6 +26,7 @@ use finapp_shared::{
         self,
         emf::{self, Unit},
     },
+    telemetry,
 };
 use lambda_runtime::{LambdaEvent, service_fn};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -211,6 +212,8 @@ pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
             if let Ok(report) = &report {
                 emf::print(&report.emf_line(emf::now_ms()));
             }
+            // Lambda freezes the instance once it has the result.
+            telemetry::flush().await;
             report
         }
     }))
@@ -243,6 +246,7 @@ struct Decoded<'a> {
     /// `None` when the data is not base64.
     body: Option<Vec<u8>>,
     authorization: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl<'a> Decoded<'a> {
@@ -252,6 +256,7 @@ impl<'a> Decoded<'a> {
                 .decode(message.data.trim())
                 .ok(),
             authorization: message.basic_properties.header("Authorization"),
+            traceparent: message.basic_properties.header("traceparent"),
             message,
         }
     }
@@ -263,6 +268,7 @@ impl<'a> Decoded<'a> {
             body: self.body.as_ref()?,
             authorization: self.authorization.as_deref(),
             message_id: self.message.basic_properties.message_id.as_deref(),
+            traceparent: self.traceparent.as_deref(),
         })
     }
 
@@ -274,11 +280,16 @@ impl<'a> Decoded<'a> {
     /// The headers kept on a dead-lettered copy.
     fn headers(&self) -> FieldTable {
         let mut headers = FieldTable::default();
-        if let Some(value) = &self.authorization {
-            headers.insert(
-                "Authorization".into(),
-                AMQPValue::LongString(LongString::from(value.as_str())),
-            );
+        for (name, value) in [
+            ("Authorization", &self.authorization),
+            ("traceparent", &self.traceparent),
+        ] {
+            if let Some(value) = value {
+                headers.insert(
+                    name.into(),
+                    AMQPValue::LongString(LongString::from(value.as_str())),
+                );
+            }
         }
         headers
     }

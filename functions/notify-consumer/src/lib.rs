@@ -41,7 +41,7 @@ impl Worker {
 
 /// The binary's `main`: bootstrap, then whichever runtime this process is in.
 pub async fn main() -> ExitCode {
-    let deps = match finapp_shared::bootstrap().await {
+    let deps = match finapp_shared::bootstrap("notify-consumer").await {
         Ok(deps) => deps,
         Err(code) => return code,
     };
@@ -52,6 +52,7 @@ pub async fn main() -> ExitCode {
         amqp::run(deps, finapp_shared::http::shutdown_signal()).await;
         Ok(())
     };
+    finapp_shared::telemetry::shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -5,8 +5,11 @@ use finapp_shared::{
     events::{Event, EventType},
     metrics,
     store::{AnalyticsDoc, StoreError},
+    telemetry,
+    trace_context::TraceParent,
 };
 use mongodb::bson::DateTime;
+use tracing::{Instrument as _, Span};
 use uuid::Uuid;
 
 /// The largest message body accepted; events are a few hundred bytes.
@@ -26,6 +29,9 @@ pub struct Incoming<'a> {
     pub authorization: Option<&'a str>,
     /// The AMQP `message_id` property, if any.
     pub message_id: Option<&'a str>,
+    /// The `traceparent` header: the span of the request that recorded the
+    /// event. Absent from older messages and the original's.
+    pub traceparent: Option<&'a str>,
 }
 
 /// What became of a message. Only `Rejected` messages go to the dead-letter queue.
@@ -89,7 +95,10 @@ pub async fn process_batch(
         .map(|message| analytics_doc(deps, *message))
         .collect();
     let docs: Vec<&AnalyticsDoc> = checked.iter().filter_map(|doc| doc.as_ref().ok()).collect();
-    let mut inserted = deps.store.record_analytics(&docs).await?.into_iter();
+    let (batch, per_event) = write_spans(messages, &checked);
+    let inserted = deps.store.record_analytics(&docs).instrument(batch).await;
+    drop(per_event);
+    let mut inserted = inserted?.into_iter();
     let outcomes: Vec<Outcome> = checked
         .iter()
         .map(|doc| match doc {
@@ -102,6 +111,40 @@ pub async fn process_batch(
     metrics::events_consumed(count(&Outcome::Recorded));
     metrics::events_duplicates(count(&Outcome::Duplicate));
     Ok(outcomes)
+}
+
+/// The spans of a batch's write, while spans are exported: `record analytics`
+/// around the one insert, linked to the request of every traced event, and
+/// for each traced event a `record event` span over the same write, a child
+/// of its request's span. A span has one parent, and a batch holds events of
+/// many traces: the links show the batch from each trace, the children put
+/// the write in each request's own trace.
+fn write_spans(
+    messages: &[Incoming<'_>],
+    checked: &[Result<AnalyticsDoc, Rejection>],
+) -> (Span, Vec<Span>) {
+    if !telemetry::exporting() {
+        return (Span::none(), Vec::new());
+    }
+    let batch = tracing::info_span!("record analytics", events = checked.len());
+    let per_event = messages
+        .iter()
+        .zip(checked)
+        .filter_map(|(message, doc)| {
+            let doc = doc.as_ref().ok()?;
+            let parent = TraceParent::parse(message.traceparent?)?;
+            telemetry::add_link(&batch, parent);
+            let span = tracing::info_span!(
+                "record event",
+                event_id = %doc.event_id,
+                queue = message.queue,
+                trace_id = %parent.trace_id_hex(),
+            );
+            telemetry::set_remote_parent(&span, parent, None);
+            Some(span)
+        })
+        .collect();
+    (batch, per_event)
 }
 
 /// Everything short of the write: authenticate, parse, and shape the document.

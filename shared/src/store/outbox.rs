@@ -47,15 +47,20 @@ pub struct OutboxRecord {
     pub id: String,
     pub event: Event,
     pub created_at: DateTime,
+    /// The recording request's span as a W3C `traceparent`, while spans are
+    /// exported; the relay passes it on in the message's headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl OutboxRecord {
-    /// A record of `event`, created now.
+    /// A record of `event`, created now, in the current span's trace.
     pub fn new(event: &Event) -> Self {
         Self {
             id: event.id.to_string(),
             event: event.clone(),
             created_at: DateTime::now(),
+            traceparent: crate::telemetry::current_traceparent().map(|parent| parent.to_string()),
         }
     }
 }
