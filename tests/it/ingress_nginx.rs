@@ -3,9 +3,9 @@
 //! ingress-nginx treats `Exact` and `Prefix`, Debian's nginx serves it in front
 //! of every HTTP function running in plain HTTP mode, and every route of
 //! routes.toml is sent through it. Each must reach its own function (the one
-//! whose access line carries the request's id); an unknown path and `/healthz`
-//! must get nginx's own 404. The same check must fail on a copy of ingress.yaml
-//! with one path changed.
+//! whose access line carries the request's id); an unknown path, `/healthz`
+//! and `/metrics` must get nginx's own 404. The same check must fail on a copy
+//! of ingress.yaml with one path changed.
 
 use std::{
     path::{Path, PathBuf},
@@ -162,9 +162,12 @@ async fn route_failures(functions: &Functions, ingress: &Path) -> Vec<String> {
             failures.push(format!("{what}: reached {saw:?}, not {}", route.function));
         }
     }
+    // /metrics is served only on each pod's metrics port, which no Service
+    // exposes; the Ingress must not route it either.
     for path in [
         "/healthz",
         "/readyz",
+        "/metrics",
         "/nope",
         "/update_statusx/a/b",
         "/signup/x",
