@@ -8,6 +8,7 @@ use std::{
 };
 
 use finapp_shared::{
+    Deps,
     auth::{EVENT_AUDIENCE, Role},
     events::{Event, EventType},
     store::{OutboxRecord, collections},
@@ -236,6 +237,20 @@ async fn with_a_silent_broker_every_event_emitting_route_answers_as_fast_and_the
     }
 }
 
+/// Records `events` in the outbox as requests would have, none published yet.
+async fn record_in_outbox(deps: &Deps, events: &[Event]) {
+    let records = deps
+        .store
+        .database()
+        .collection::<OutboxRecord>(collections::OUTBOX);
+    for chunk in events.chunks(500) {
+        records
+            .insert_many(chunk.iter().map(OutboxRecord::new))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_once() {
     const EVENTS: usize = 3_000;
@@ -253,16 +268,7 @@ async fn a_relay_killed_mid_batch_and_restarted_delivers_every_event_exactly_onc
             )
         })
         .collect();
-    let records = deps
-        .store
-        .database()
-        .collection::<OutboxRecord>(collections::OUTBOX);
-    for chunk in events.chunks(500) {
-        records
-            .insert_many(chunk.iter().map(OutboxRecord::new))
-            .await
-            .unwrap();
-    }
+    record_in_outbox(&deps, &events).await;
     let recorded: HashSet<String> = events.iter().map(|event| event.id.to_string()).collect();
     let outbox = env.db().await.collection::<Document>(collections::OUTBOX);
     let lock = env
@@ -332,16 +338,7 @@ async fn two_relays_at_once_publish_each_event_once() {
     let events: Vec<Event> = (0..EVENTS)
         .map(|i| Event::new(EventType::UserActivity, "pair_ann", format!("visit {i}")))
         .collect();
-    let records = deps
-        .store
-        .database()
-        .collection::<OutboxRecord>(collections::OUTBOX);
-    for chunk in events.chunks(500) {
-        records
-            .insert_many(chunk.iter().map(OutboxRecord::new))
-            .await
-            .unwrap();
-    }
+    record_in_outbox(&deps, &events).await;
     // Two relays, each with a store of its own, as two replicas would have.
     let relays = [
         RelayTask::spawn(env.deps().await),
