@@ -98,7 +98,7 @@ pub fn init_from(service: &str, lookup: impl Fn(&str) -> Option<String>) {
         .is_ok();
     match provider {
         Some((endpoint, provider)) if installed => {
-            tracing::info!(%endpoint, "exporting traces");
+            tracing::info!(endpoint = %without_userinfo(&endpoint), "exporting traces");
             let _ = PROVIDER.set(provider);
         }
         Some((_, provider)) => {
@@ -118,6 +118,21 @@ fn traces_endpoint(lookup: &impl Fn(&str) -> Option<String>) -> Option<String> {
         set("OTEL_EXPORTER_OTLP_ENDPOINT")
             .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
     })
+}
+
+/// `endpoint` with any `user:password@` taken out, for a log line.
+fn without_userinfo(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
 }
 
 /// Why traces cannot be exported.
@@ -413,6 +428,19 @@ fn filter(rust_log: Option<&str>) -> Targets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_is_logged_without_its_credentials() {
+        assert_eq!(
+            without_userinfo("https://ann:s3cret@collector:4318/v1/traces"),
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            without_userinfo("http://127.0.0.1:4318/v1/traces"),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(without_userinfo("collector:4318"), "collector:4318");
+    }
 
     #[test]
     fn rust_log_directives_set_levels_per_target() {
