@@ -200,14 +200,7 @@ async fn a_plain_user_gets_403_on_every_admin_route() {
     ))
     .await;
     assert_eq!(status, 403);
-    let stored = env
-        .db()
-        .await
-        .collection::<mongodb::bson::Document>("applications")
-        .find_one(mongodb::bson::doc! {})
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = env.any_document("applications").await.unwrap();
     assert_eq!(
         stored.get_str("status").unwrap(),
         "pending",

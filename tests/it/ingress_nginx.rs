@@ -119,7 +119,7 @@ impl Functions {
     fn saw(&self, id: &str) -> Vec<&str> {
         self.processes
             .iter()
-            .filter(|(_, p)| p.process.output().iter().any(|line| line.contains(id)))
+            .filter(|(_, p)| p.process.logged(id))
             .map(|(name, _)| name.as_str())
             .collect()
     }

@@ -163,12 +163,7 @@ async fn the_notify_consumer_process_records_events_and_stops_cleanly_on_sigterm
         "{status}: {}",
         consumer.output().join("\n")
     );
-    assert!(
-        consumer
-            .output()
-            .iter()
-            .any(|line| line.contains("consumer stopped"))
-    );
+    assert!(consumer.logged("consumer stopped"));
 }
 
 /// notify-consumer as a process of this test's environment.

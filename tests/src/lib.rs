@@ -219,6 +219,16 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Some document of `collection`, if it holds any.
+    pub async fn any_document(&self, collection: &str) -> Option<Document> {
+        self.db()
+            .await
+            .collection::<Document>(collection)
+            .find_one(Document::new())
+            .await
+            .unwrap()
+    }
+
     pub fn queue(&self, kind: EventType) -> String {
         format!("{}{}", self.queue_prefix, kind.queue())
     }
@@ -236,17 +246,15 @@ impl TestEnv {
     /// those delivered and not yet acknowledged).
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let (connection, channel) = self.channel().await;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let declared = declare(
+            &channel,
+            queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .await;
         let _ = connection.close(200, "done".into()).await;
         declared.message_count()
     }
@@ -277,20 +285,26 @@ impl TestEnv {
     }
 }
 
+/// Declares `queue` with `options` (no arguments).
+async fn declare(
+    channel: &lapin::Channel,
+    queue: &str,
+    options: lapin::options::QueueDeclareOptions,
+) -> lapin::Queue {
+    channel
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+        .unwrap()
+}
+
 /// Declares `queue` as the functions do: a queue that does not exist yet
 /// would close the channel on `basic_get`.
 async fn declare_durable(channel: &lapin::Channel, queue: &str) {
-    channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare(channel, queue, durable).await;
 }
 
 /// Takes and acknowledges the next message of `queue`, waiting up to 10 s.
@@ -565,6 +579,15 @@ impl Process {
     /// Every line printed so far.
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
+    }
+
+    /// Whether some line printed so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
     }
 
     /// Waits for a printed line containing `needle` and returns it.
