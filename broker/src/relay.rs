@@ -60,13 +60,11 @@ pub enum RelayError {
     Publish(#[from] PublishError),
 }
 
-/// What one round did.
+/// What one round did; all zero when another relay held the lock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Round {
-    /// The outbox as the round found it; zero when another relay holds the lock.
+    /// The outbox as the round found it.
     pub backlog: OutboxBacklog,
-    /// Whether another relay held the lock, so this one did nothing.
-    pub standby: bool,
     /// Records read to publish.
     pub claimed: usize,
     /// Confirmed by the broker and deleted from the outbox.
@@ -106,10 +104,7 @@ impl<'a> Relay<'a> {
     /// One round: hold the lock, read a batch, report the backlog, publish, delete.
     pub async fn round(&self) -> Result<Round, RelayError> {
         if !self.store.hold_relay_lock(&self.holder, LEASE).await? {
-            return Ok(Round {
-                standby: true,
-                ..Round::default()
-            });
+            return Ok(Round::default());
         }
         let records = self.store.next_outbox_batch(BATCH).await?;
         let backlog = self.backlog(&records).await?;
