@@ -397,7 +397,7 @@ fn client_address(forwarded: &[&str], hops: usize, peer: Option<IpAddr>) -> Opti
 }
 
 /// Wraps a function's routes with what every function shares: JSON 404/405,
-/// the body limit, metrics, a request span carrying the request id, and the limits:
+/// the body limit, metrics, the request id (and trace) on every log line, and the limits:
 /// at most `max_in_flight` requests at once (one more is refused at once with
 /// 503 and `Retry-After`), each for at most `request_timeout`.
 pub fn app(routes: Router, limits: &HttpLimits) -> Router {
@@ -463,15 +463,19 @@ pub const ACCESS_LOG_TARGET: &str = "access";
 /// A request slower than this is logged at `info` whatever the filter.
 pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// Runs `request` inside a span holding its id (Lambda's, the caller's
+/// Runs `request` as the request of its id (Lambda's, the caller's
 /// `x-request-id`, or a new one) and echoes the id in the response.
 ///
-/// The span is a child of the caller's span ([`caller_trace`]) and carries
-/// the trace id as `trace_id` when there is a trace; while spans are exported
-/// the response names the request's own span in `traceparent`.
+/// While spans are exported, the request runs inside a `request` span that
+/// is a child of the caller's span ([`caller_trace`]), carries the trace id as
+/// `trace_id`, and is named in the response's `traceparent`. Otherwise there
+/// is no span: creating, entering and closing one cost more than the rest of
+/// a cheap request (BENCHMARKS.md, section 3), and the ids are kept for the
+/// log lines by [`telemetry::in_request`], which writes them as the span
+/// would have been written, with the caller's trace id if it sent one.
 ///
-/// Refusals and failures are logged where they happen, inside this span, so
-/// they carry the id. The line for every completed request is `debug` on
+/// Refusals and failures are logged where they happen, inside the request,
+/// so they carry the id. The line for every completed request is `debug` on
 /// [`ACCESS_LOG_TARGET`] (API Gateway and the ingress keep access logs of their
 /// own, and one write per request would cost more than the rest of a cheap
 /// request); a slow request is logged at `info`. The method and path are on
@@ -491,34 +495,33 @@ async fn request_span(request: Request, next: Next) -> Response {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id_header = HeaderValue::from_str(&request_id).ok();
     let caller = caller_trace(&request, under_lambda());
-    let exporting = telemetry::exporting();
-    let span = if exporting {
-        // Named for the trace viewer; these fields reach the logs only while
-        // spans are exported.
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-        tracing::info_span!(
-            "request",
-            request_id = %request_id,
-            trace_id = tracing::field::Empty,
-            otel.name = %format_args!("{} {route}", request.method()),
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            http.request.method = %request.method(),
-            http.route = route,
-            http.response.status_code = tracing::field::Empty,
-        )
-    } else {
-        tracing::info_span!(
-            "request",
-            request_id = %request_id,
-            trace_id = tracing::field::Empty
-        )
-    };
-    if exporting && let Some(caller) = caller {
+    if !telemetry::exporting() {
+        let ids = telemetry::RequestIds {
+            request_id,
+            trace_id: caller.map(|caller| caller.trace_id),
+        };
+        return telemetry::in_request(ids, complete(request, next, id_header, None)).await;
+    }
+    // Named for the trace viewer; these fields reach the logs only while
+    // spans are exported.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(caller) = caller {
         let tracestate = request
             .headers()
             .get("tracestate")
@@ -529,37 +532,47 @@ async fn request_span(request: Request, next: Next) -> Response {
     if let Some(trace) = own.or(caller) {
         span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
     }
-    async move {
-        let method = request.method().clone();
-        let uri = request.uri().clone();
-        let started = Instant::now();
-        let mut response = next.run(request).await;
-        let latency = started.elapsed();
-        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let status = response.status().as_u16();
-        let path = uri.path();
-        if latency >= SLOW_REQUEST {
-            tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
-        } else {
-            tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
-        }
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", value);
-        }
-        if let Some(own) = own {
-            let span = tracing::Span::current();
-            span.record("http.response.status_code", status);
-            if response.status().is_server_error() {
-                span.record("otel.status_code", "error");
-            }
-            if let Ok(value) = HeaderValue::from_str(&own.to_string()) {
-                response.headers_mut().insert("traceparent", value);
-            }
-        }
-        response
+    complete(request, next, id_header, own)
+        .instrument(span)
+        .await
+}
+
+/// Runs `request` to its response: logs it if slow (or on
+/// [`ACCESS_LOG_TARGET`]), echoes its id, and, when the request has a span of
+/// its own (`own`), records the status in it and names it in `traceparent`.
+async fn complete(
+    request: Request,
+    next: Next,
+    id_header: Option<HeaderValue>,
+    own: Option<TraceParent>,
+) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    let latency = started.elapsed();
+    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    let status = response.status().as_u16();
+    let path = uri.path();
+    if latency >= SLOW_REQUEST {
+        tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
+    } else {
+        tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
     }
-    .instrument(span)
-    .await
+    if let Some(value) = id_header {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    if let Some(own) = own {
+        let span = tracing::Span::current();
+        span.record("http.response.status_code", status);
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+        if let Ok(value) = HeaderValue::from_str(&own.to_string()) {
+            response.headers_mut().insert("traceparent", value);
+        }
+    }
+    response
 }
 
 /// The caller's span, if the request names one: its W3C `traceparent`; else,

@@ -39,8 +39,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
     field::RecordFields,
     filter::Targets,
-    fmt::{FormatFields, FormattedFields, format::Writer},
+    fmt::{
+        FmtContext, FormatEvent, FormatFields, FormattedFields,
+        format::Writer,
+        time::{FormatTime as _, SystemTime},
+    },
     prelude::*,
+    registry::LookupSpan,
 };
 
 use crate::trace_context::TraceParent;
@@ -62,14 +67,8 @@ pub fn init(service: &str) {
 pub fn init_from(service: &str, lookup: impl Fn(&str) -> Option<String>) {
     let filter = filter(lookup("RUST_LOG").as_deref());
     let format = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        // The whole span list, so a line logged inside a handler's own span
-        // still carries the enclosing request span's `request_id`.
-        .with_current_span(false)
-        .with_span_list(true)
         .fmt_fields(SpanFields)
-        .with_target(false)
+        .event_format(JsonLines { timestamps: true })
         .with_writer(std::io::stdout);
     let exporter = traces_endpoint(&lookup).map(|endpoint| {
         let service = lookup("OTEL_SERVICE_NAME").is_none().then_some(service);
@@ -274,6 +273,99 @@ pub fn current_traceparent() -> Option<TraceParent> {
     traceparent_of(&Span::current())
 }
 
+/// The request a task is serving, for its log lines: what the request span
+/// carries while spans are exported. Without export there is no request span,
+/// which would cost more than the rest of a cheap request, and the ids live in
+/// a task-local instead ([`in_request`]).
+pub struct RequestIds {
+    pub request_id: String,
+    /// The caller's trace, if it named one.
+    pub trace_id: Option<u128>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestIds;
+}
+
+/// Runs `future` as the request `ids` names: every line it logs (on its own
+/// task) carries them as a `request` entry first in its `spans`, as a line
+/// logged inside a request span does.
+pub async fn in_request<F: Future>(ids: RequestIds, future: F) -> F::Output {
+    REQUEST.scope(ids, future).await
+}
+
+/// One JSON object per line, as tracing-subscriber's JSON format writes it
+/// with `flatten_event(true)`, `with_span_list(true)`, no target and no
+/// current span: `timestamp`, `level`, the event's fields, then `spans`
+/// (each span's fields and its `name`, outermost first). A request served
+/// [`in_request`] adds its entry first. Fields are written straight out, as
+/// [`SpanFields`] writes them; tracing-subscriber parses each span's fields
+/// back into a map for every line.
+struct JsonLines {
+    timestamps: bool,
+}
+
+impl<S> FormatEvent<S, SpanFields> for JsonLines
+where
+    S: tracing::Subscriber + for<'lookup> LookupSpan<'lookup>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, SpanFields>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        writer.write_char('{')?;
+        if self.timestamps {
+            writer.write_str("\"timestamp\":\"")?;
+            SystemTime.format_time(&mut writer)?;
+            writer.write_str("\",")?;
+        }
+        write!(writer, "\"level\":\"{}\"", event.metadata().level())?;
+        let mut fields = JsonEntries::new(&mut writer, false);
+        event.record(&mut fields);
+        fields.result?;
+        let scope = event
+            .parent()
+            .and_then(|id| context.span(id))
+            .or_else(|| context.lookup_current())
+            .map(|span| span.scope().from_root());
+        let mut separator = ",\"spans\":[";
+        let request = REQUEST.try_with(|ids| {
+            writer.write_str(separator)?;
+            separator = ",";
+            writer.write_str("{\"request_id\":\"")?;
+            JsonEscaped(&mut writer).write_str(&ids.request_id)?;
+            if let Some(trace_id) = ids.trace_id {
+                write!(writer, "\",\"trace_id\":\"{trace_id:032x}")?;
+            }
+            writer.write_str("\",\"name\":\"request\"}")
+        });
+        if let Ok(written) = request {
+            written?;
+        }
+        for span in scope.into_iter().flatten() {
+            writer.write_str(separator)?;
+            separator = ",";
+            let extensions = span.extensions();
+            let fields = extensions
+                .get::<FormattedFields<SpanFields>>()
+                .map_or("{", |fields| fields.fields.strip_suffix('}').unwrap_or("{"));
+            writer.write_str(fields)?;
+            if fields != "{" {
+                writer.write_char(',')?;
+            }
+            writer.write_str("\"name\":\"")?;
+            JsonEscaped(&mut writer).write_str(span.name())?;
+            writer.write_str("\"}")?;
+        }
+        if separator == "," {
+            writer.write_char(']')?;
+        }
+        writer.write_str("}\n")
+    }
+}
+
 /// Span fields as the JSON object the JSON formatter expects, written
 /// straight into the span's buffer: tracing-subscriber's `JsonFields` builds a
 /// map of `serde_json::Value`s and serializes it for every span, and on a
@@ -462,27 +554,58 @@ mod tests {
         }
     }
 
-    /// The log lines of `log`, written with `fields` as the span field formatter.
-    fn lines_with<N>(fields: N, log: impl FnOnce()) -> Vec<serde_json::Value>
-    where
-        N: for<'writer> FormatFields<'writer> + Send + Sync + 'static,
-    {
+    type Layer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+    /// The log lines of `log`, written by the layer `format` makes for a writer.
+    fn lines_of(
+        format: impl FnOnce(Box<dyn Fn() -> Sink + Send + Sync>) -> Layer,
+        log: impl FnOnce(),
+    ) -> Vec<serde_json::Value> {
         let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = buffer.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .fmt_fields(fields)
-            .with_target(false)
-            .without_time()
-            .with_writer(move || Sink(sink.clone()));
+        let layer = format(Box::new(move || Sink(sink.clone())));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
         let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
         text.lines()
             .map(|line| serde_json::from_str(line).expect(line))
             .collect()
+    }
+
+    /// Lines as tracing-subscriber's JSON format writes them, with `fields`
+    /// as the span field formatter and no timestamps.
+    fn theirs<N>(fields: N, log: impl FnOnce()) -> Vec<serde_json::Value>
+    where
+        N: for<'writer> FormatFields<'writer> + Send + Sync + 'static,
+    {
+        lines_of(
+            |writer| {
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(true)
+                    .fmt_fields(fields)
+                    .with_target(false)
+                    .without_time()
+                    .with_writer(writer)
+                    .boxed()
+            },
+            log,
+        )
+    }
+
+    /// Lines as [`init`] writes them, with or without timestamps.
+    fn ours(timestamps: bool, log: impl FnOnce()) -> Vec<serde_json::Value> {
+        lines_of(
+            |writer| {
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(SpanFields)
+                    .event_format(JsonLines { timestamps })
+                    .with_writer(writer)
+                    .boxed()
+            },
+            log,
+        )
     }
 
     struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -527,15 +650,74 @@ mod tests {
             let _empty = empty.enter();
             tracing::warn!("in an empty span");
         };
-        let ours = lines_with(SpanFields, log);
-        let theirs = lines_with(tracing_subscriber::fmt::format::JsonFields::new(), log);
-        assert_eq!(ours.len(), 3);
-        assert_eq!(ours, theirs);
+        let fields_only = theirs(SpanFields, log);
+        let reference = theirs(tracing_subscriber::fmt::format::JsonFields::new(), log);
+        assert_eq!(fields_only.len(), 3);
+        assert_eq!(fields_only, reference);
+        assert_eq!(ours(false, log), reference);
         assert_eq!(
-            ours[0]["spans"][0]["request_id"],
+            reference[0]["spans"][0]["request_id"],
             "id \"quoted\" \\ \n\u{1}"
         );
-        assert_eq!(ours[1]["spans"][1]["count"], 4);
+        assert_eq!(reference[1]["spans"][1]["count"], 4);
+    }
+
+    #[test]
+    fn a_line_outside_any_span_has_no_span_list_and_a_timestamp() {
+        let log = || tracing::error!(error = "refused", code = 7_u64, "no span");
+        let lines = ours(true, log);
+        let timestamp = lines[0]["timestamp"].as_str().unwrap().to_owned();
+        assert!(
+            timestamp.starts_with("20") && timestamp.ends_with('Z') && timestamp.contains('T'),
+            "{timestamp}"
+        );
+        let mut line = lines[0].clone();
+        line.as_object_mut().unwrap().remove("timestamp");
+        assert_eq!(
+            line,
+            serde_json::json!({"level": "ERROR", "message": "no span", "error": "refused", "code": 7})
+        );
+        assert_eq!(vec![line], theirs(SpanFields, log));
+    }
+
+    #[test]
+    fn a_request_served_in_request_logs_as_one_in_a_request_span_does() {
+        let ids = || RequestIds {
+            request_id: "req \"1\"".into(),
+            trace_id: Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+        };
+        let inner = || {
+            tracing::info!("in the request");
+            let handler = tracing::info_span!("handler", user = "ann");
+            let _handler = handler.enter();
+            tracing::warn!(status = 409_u64, "in a handler span");
+        };
+        let served = ours(false, || REQUEST.sync_scope(ids(), inner));
+        let spanned = theirs(tracing_subscriber::fmt::format::JsonFields::new(), || {
+            let ids = ids();
+            let request = tracing::info_span!(
+                "request",
+                request_id = %ids.request_id,
+                trace_id = %"4bf92f3577b34da6a3ce929d0e0e4736",
+            );
+            request.in_scope(inner);
+        });
+        assert_eq!(served.len(), 2);
+        assert_eq!(served, spanned);
+        assert_eq!(served[1]["spans"][1]["name"], "handler");
+        let untraced = ours(false, || {
+            REQUEST.sync_scope(
+                RequestIds {
+                    trace_id: None,
+                    ..ids()
+                },
+                || tracing::info!("untraced"),
+            )
+        });
+        assert_eq!(
+            untraced[0]["spans"],
+            serde_json::json!([{"request_id": "req \"1\"", "name": "request"}])
+        );
     }
 
     #[test]
