@@ -565,8 +565,10 @@ fn framework_section(out: &mut String, framework: &Framework) {
         .join(", ");
     out.push_str(
         "\n## 3. Framework floor: `GET /healthz` against bare axum\n\n\
-         The `status` function's `/healthz` (the shared `http::app` layers: request span \
-         with a request id echoed in `x-request-id`, body limit, JSON fallbacks; at the \
+         The `status` function's `/healthz` (the shared `http::app` layers: metrics, a \
+         request id echoed in `x-request-id` and kept for log lines, the in-flight limit, \
+         load shedding and timeout, body limit, JSON fallbacks; no OTLP endpoint set, so no \
+         span; at the \
          default `RUST_LOG=info` no line is written for a request that succeeds in under a \
          second) \
          against `bench-hello`, a bare axum server in the bench crate built with the same \
@@ -578,7 +580,7 @@ fn framework_section(out: &mut String, framework: &Framework) {
     series_row(out, "bare axum `bench-hello`", &framework.hello);
     series_row(
         out,
-        "diagnostic: `status` with `RUST_LOG=warn` (no request span, no log line)",
+        "diagnostic: `status` with `RUST_LOG=warn` (no log line)",
         &framework.quiet,
     );
     series_row(
@@ -586,6 +588,15 @@ fn framework_section(out: &mut String, framework: &Framework) {
         "diagnostic: `status` with `RUST_LOG=info,access=debug` (a JSON line per request)",
         &framework.access_log,
     );
+    series_row(
+        out,
+        "everything on: access log, and every request's span exported over OTLP to a sink",
+        &framework.traced,
+    );
+    let traced = Comparison {
+        achieved: framework.traced.clone(),
+        ceiling: framework.hello.clone(),
+    };
     let access_log = Comparison {
         achieved: framework.access_log.clone(),
         ceiling: framework.hello.clone(),
@@ -607,10 +618,11 @@ fn framework_section(out: &mut String, framework: &Framework) {
     );
     let _ = writeln!(
         out,
-        "\nWith `RUST_LOG=warn` (no request span) the overhead is {}; with the access \
-         log on it is {}.",
+        "\nWith `RUST_LOG=warn` the overhead is {}; with the access log on it is {}; with \
+         everything on (the access log and every span exported) it is {}.",
         percent(1.0 - quiet.ratio()),
-        percent(1.0 - access_log.ratio())
+        percent(1.0 - access_log.ratio()),
+        percent(1.0 - traced.ratio())
     );
 }
 

@@ -43,6 +43,10 @@ const PROBE_USERS: usize = 16;
 const BATCH: usize = 10_000;
 const PER_PAGE: u64 = 10;
 const DEEP_PAGE: u64 = 1_000;
+const ADMIN_FIRST: &str = "GET /admin/applications page 1";
+const ADMIN_DEEP: &str = "GET /admin/applications page 1,000";
+/// How long to wait for the machine to quiet down after the admin pages.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One route at the full size: wrk against the function, and the same
 /// database work from the bench's own tasks.
@@ -58,7 +62,26 @@ pub struct GrowthPoint {
     pub applications: usize,
     pub achieved: Figure,
     pub ceiling: Figure,
+    /// `/admin/applications` at this size: page 1 and the deep page.
+    pub admin: Option<AdminPages>,
 }
+
+#[derive(Clone, Debug)]
+pub struct AdminPages {
+    pub deep_page: u64,
+    pub first: Figure,
+    pub deep: Figure,
+}
+
+/// A route of the full-size table: its label, function, path, wrk script and
+/// the ceiling to measure just before it.
+type Route<'a> = (
+    &'static str,
+    &'static str,
+    String,
+    Script,
+    Box<dyn Fn() -> Figure + 'a>,
+);
 
 #[derive(Clone, Debug)]
 pub struct Scale {
@@ -224,13 +247,12 @@ impl Bench<'_> {
         let concurrency = settings.connections;
         let duration = settings.duration;
         let mut rows = Vec::new();
-        type Ceiling<'a> = Box<dyn Fn() -> Figure + 'a>;
         let rt = self.runtime;
         let page = |n: u64| PageRequest {
             page: n,
             per_page: PER_PAGE,
         };
-        let routes: Vec<(&str, &str, String, Script, Ceiling)> = vec![
+        let routes: Vec<Route> = vec![
             (
                 "GET /status",
                 "status",
@@ -270,28 +292,6 @@ impl Bench<'_> {
                 },
             ),
             (
-                "GET /admin/applications page 1",
-                "admin-applications",
-                "/admin/applications?page=1&per_page=10".into(),
-                Script::get("/admin/applications?page=1&per_page=10").with_tokens(&admin),
-                {
-                    let store = store.clone();
-                    Box::new(move || admin_ceiling(rt, &store, page(1), concurrency, duration))
-                },
-            ),
-            (
-                "GET /admin/applications page 1,000",
-                "admin-applications",
-                "/admin/applications?page=1000&per_page=10".into(),
-                Script::get("/admin/applications?page=1000&per_page=10").with_tokens(&admin),
-                {
-                    let store = store.clone();
-                    Box::new(move || {
-                        admin_ceiling(rt, &store, page(DEEP_PAGE), concurrency, duration)
-                    })
-                },
-            ),
-            (
                 "GET /analytics",
                 "analytics",
                 "/analytics".into(),
@@ -311,21 +311,34 @@ impl Bench<'_> {
                 },
             ),
         ];
-        for (label, function, _, script, ceiling) in routes {
-            eprintln!("[bench] scale: {label}");
-            let process = self.start(function, &space)?;
-            let load = self.saturate(&process, script);
-            self.record("scale", &load, function);
-            self.warm_up(&load, function)?;
-            let ceiling = ceiling();
-            let achieved = load.run(&settings.scratch, function)?;
-            process.stop()?;
-            rows.push(Row {
-                route: label.to_owned(),
-                achieved,
-                ceiling,
-            });
-        }
+        // The admin pages last: on FerretDB 1.24 each of their requests reads
+        // the whole collection, and the reads of those wrk gave up on go on
+        // after it stops, spoiling any figure measured next.
+        let admin_routes: Vec<Route> = vec![
+            (
+                ADMIN_FIRST,
+                "admin-applications",
+                "/admin/applications?page=1&per_page=10".into(),
+                Script::get("/admin/applications?page=1&per_page=10").with_tokens(&admin),
+                {
+                    let store = store.clone();
+                    Box::new(move || admin_ceiling(rt, &store, page(1), concurrency, duration))
+                },
+            ),
+            (
+                ADMIN_DEEP,
+                "admin-applications",
+                "/admin/applications?page=1000&per_page=10".into(),
+                Script::get("/admin/applications?page=1000&per_page=10").with_tokens(&admin),
+                {
+                    let store = store.clone();
+                    Box::new(move || {
+                        admin_ceiling(rt, &store, page(DEEP_PAGE), concurrency, duration)
+                    })
+                },
+            ),
+        ];
+        self.measure_rows(&space, routes, &mut rows)?;
         {
             eprintln!("[bench] scale: POST /apply");
             let process = self.start("apply", &space)?;
@@ -354,17 +367,6 @@ impl Bench<'_> {
                 ceiling,
             });
         }
-        eprintln!(
-            "[bench] scale: /analytics as before the counters (one call, up to {BEFORE_TIMEOUT:?})"
-        );
-        let before = Instant::now();
-        let analytics_before = rt
-            .block_on(async {
-                tokio::time::timeout(BEFORE_TIMEOUT, store.analytics_summary_from_events()).await
-            })
-            .ok()
-            .and_then(|summary| summary.ok())
-            .map(|_| before.elapsed());
         let mut growth = Vec::new();
         for &size in &settings.scale_growth {
             let (point_space, point_store, point_probes) = if size == applications {
@@ -385,14 +387,52 @@ impl Bench<'_> {
             ));
             let achieved = load.run(&settings.scratch, "status")?;
             process.stop()?;
+            // The full size's admin pages are the table's last rows.
+            let admin = if size == applications {
+                None
+            } else {
+                Some(self.admin_pages(&point_space, &admin, size)?)
+            };
             growth.push(GrowthPoint {
                 applications: size,
                 achieved,
                 ceiling,
+                admin,
             });
             if size != applications && std::env::var_os("BENCH_KEEP_DATA").is_none() {
                 let _ = rt.block_on(point_space.remove());
             }
+        }
+        self.measure_rows(&space, admin_routes, &mut rows)?;
+        // Last of all: FerretDB goes on scanning after the bench gives up on it.
+        eprintln!(
+            "[bench] scale: /analytics as before the counters (one call, up to {BEFORE_TIMEOUT:?})"
+        );
+        let before = Instant::now();
+        let analytics_before = rt
+            .block_on(async {
+                tokio::time::timeout(BEFORE_TIMEOUT, store.analytics_summary_from_events()).await
+            })
+            .ok()
+            .and_then(|summary| summary.ok())
+            .map(|_| before.elapsed());
+        let figure = |label: &str| {
+            rows.iter()
+                .find(|row| row.route == label)
+                .map(|row| row.achieved)
+        };
+        if let (Some(point), Some(first), Some(deep)) = (
+            growth
+                .iter_mut()
+                .find(|point| point.applications == applications),
+            figure(ADMIN_FIRST),
+            figure(ADMIN_DEEP),
+        ) {
+            point.admin = Some(AdminPages {
+                deep_page: DEEP_PAGE,
+                first,
+                deep,
+            });
         }
         if std::env::var_os("BENCH_KEEP_DATA").is_none() {
             let _ = rt.block_on(space.remove());
@@ -407,6 +447,61 @@ impl Bench<'_> {
             rows,
             growth,
             analytics_before,
+        })
+    }
+}
+
+impl Bench<'_> {
+    /// Runs each of `routes` on `space`: its function started, warmed up, its
+    /// ceiling measured, then wrk; a row each.
+    fn measure_rows(
+        &mut self,
+        space: &Space,
+        routes: Vec<Route>,
+        rows: &mut Vec<Row>,
+    ) -> Result<()> {
+        for (label, function, _, script, ceiling) in routes {
+            eprintln!("[bench] scale: {label}");
+            let process = self.start(function, space)?;
+            let load = self.saturate(&process, script);
+            self.record("scale", &load, function);
+            self.warm_up(&load, function)?;
+            let ceiling = ceiling();
+            let achieved = load.run(&self.settings.scratch, function)?;
+            process.stop()?;
+            rows.push(Row {
+                route: label.to_owned(),
+                achieved,
+                ceiling,
+            });
+            if function == "admin-applications" {
+                crate::machine::wait_until_quiet(0.15, SETTLE);
+            }
+        }
+        Ok(())
+    }
+
+    /// `/admin/applications` page 1 and its deepest page up to 1,000, on a
+    /// space of `size` applications, as `admin` (one token); wrk only.
+    fn admin_pages(&mut self, space: &Space, admin: &[String], size: usize) -> Result<AdminPages> {
+        let deep_page = DEEP_PAGE.min((size as u64 / PER_PAGE).max(1));
+        eprintln!("[bench] scale: admin pages 1 and {deep_page} at {size} applications");
+        let process = self.start("admin-applications", space)?;
+        let mut figures = Vec::new();
+        for page in [1, deep_page] {
+            let path = format!("/admin/applications?page={page}&per_page={PER_PAGE}");
+            let load = self.saturate(&process, Script::get(&path).with_tokens(admin));
+            self.warm_up(&load, "admin-applications")?;
+            figures.push(load.run(&self.settings.scratch, "admin-applications")?);
+            crate::machine::wait_until_quiet(0.15, SETTLE);
+        }
+        process.stop()?;
+        let deep = figures.pop().unwrap_or_default();
+        let first = figures.pop().unwrap_or_default();
+        Ok(AdminPages {
+            deep_page,
+            first,
+            deep,
         })
     }
 }
@@ -472,18 +567,35 @@ pub fn render(scale: &Scale, date: &str, busy: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "\nGrowth of `GET /status` (each probe user holds {PROBE_APPLICATIONS} applications at every size):\n"
+        "\nThe admin pages were measured last, after the growth curve: on FerretDB 1.24 each of \
+         their requests reads the whole collection, and reads wrk gave up on run on after it stops.\n\n\
+         Growth of `GET /status` (each probe user holds {PROBE_APPLICATIONS} applications at every \
+         size), and of `/admin/applications` ({PER_PAGE} per page) at page 1 and at a deep page \
+         (page 1,000, or the last page of a smaller collection), wrk only:\n"
     );
     let _ = writeln!(
         out,
-        "| applications | req/s | p99 ms | ceiling q/s | of ceiling |"
+        "| applications | `/status` req/s | p99 ms | ceiling q/s | of ceiling | admin page 1 req/s | p99 ms | deep page | req/s | p99 ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for point in &scale.growth {
         let ratio = percent_of(point.achieved.rps, point.ceiling.rps);
+        let admin = point.admin.as_ref().map_or_else(
+            || "| | | | | ".to_owned(),
+            |pages| {
+                format!(
+                    "| {:.1} | {} | {} | {:.1} | {} ",
+                    pages.first.rps,
+                    ms(&pages.first),
+                    pages.deep_page,
+                    pages.deep.rps,
+                    ms(&pages.deep)
+                )
+            },
+        );
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {} | {:.1} | {:.0}% |",
+            "| {} | {:.1} | {} | {:.1} | {:.0}% {admin}|",
             point.applications,
             point.achieved.rps,
             ms(&point.achieved),

@@ -78,12 +78,15 @@ pub struct Login {
 pub struct Framework {
     pub function: Series,
     pub hello: Series,
-    /// Diagnostic: the function with `RUST_LOG=warn`, so no request span is
-    /// recorded and no line is logged per request.
+    /// Diagnostic: the function with `RUST_LOG=warn`, so nothing at `info`
+    /// is even considered.
     pub quiet: Series,
     /// Diagnostic: the function with its access log on
     /// (`RUST_LOG=info,access=debug`), one JSON line per request.
     pub access_log: Series,
+    /// Everything on: the access log, and every request a span exported over
+    /// OTLP to a sink in the bench process that answers as a collector would.
+    pub traced: Series,
 }
 
 impl Framework {
@@ -95,6 +98,19 @@ impl Framework {
         }
         .ratios()
     }
+}
+
+/// An OTLP/HTTP endpoint on a free port of this process that reads every
+/// export and answers it with an empty 200, as a collector that accepted it
+/// does; it serves on the bench's runtime until the process ends.
+async fn otlp_sink() -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let address = listener.local_addr()?;
+    let accept = axum::Router::new().fallback(|_body: axum::body::Bytes| async {
+        ([("content-type", "application/x-protobuf")], "")
+    });
+    tokio::spawn(async move { axum::serve(listener, accept).await });
+    Ok(address)
 }
 
 /// Scenario 5 (and the idle half of 6): one function's starts.
@@ -375,6 +391,16 @@ impl Bench<'_> {
         let function = self.start("status", &fixture.space)?;
         let quiet = self.start_logging("status", "warn", "status-quiet")?;
         let access_log = self.start_logging("status", "info,access=debug", "status-access-log")?;
+        let sink = self.runtime.block_on(otlp_sink())?;
+        let traced = {
+            let mut env = self.fixture.env_in(&self.fixture.space);
+            env.push(("RUST_LOG".into(), "info,access=debug".into()));
+            env.push((
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{sink}"),
+            ));
+            Process::http(&settings.binary("status"), &env, &self.log("status-traced"))?
+        };
         let hello = Process::http(
             &settings.binary("bench-hello"),
             &[],
@@ -397,6 +423,10 @@ impl Bench<'_> {
                 self.saturate(&access_log, Script::get("/healthz")),
                 "healthz-access-log",
             ),
+            (
+                self.saturate(&traced, Script::get("/healthz")),
+                "healthz-traced",
+            ),
         ];
         for (load, name) in &loads {
             self.record("GET /healthz", load, name);
@@ -405,7 +435,13 @@ impl Bench<'_> {
         let mut result = Framework::default();
         for run in 1..=settings.runs {
             eprintln!("[bench] GET /healthz run {run}/{}", settings.runs);
-            let [function_load, quiet_load, hello_load, access_load] = &loads;
+            let [
+                function_load,
+                quiet_load,
+                hello_load,
+                access_load,
+                traced_load,
+            ] = &loads;
             result
                 .function
                 .push(function_load.0.run(&settings.scratch, function_load.1)?);
@@ -418,10 +454,14 @@ impl Bench<'_> {
             result
                 .access_log
                 .push(access_load.0.run(&settings.scratch, access_load.1)?);
+            result
+                .traced
+                .push(traced_load.0.run(&settings.scratch, traced_load.1)?);
         }
         function.stop()?;
         quiet.stop()?;
         access_log.stop()?;
+        traced.stop()?;
         hello.stop()?;
         Ok(result)
     }
