@@ -83,10 +83,21 @@ pub struct Process {
 impl Process {
     /// Starts an HTTP function on a free port and waits for its first 200 on `/healthz`.
     pub fn http(binary: &Path, env: &[(String, String)], log: &Path) -> Result<Self> {
+        Self::http_with_args(binary, &[], env, log)
+    }
+
+    /// [`Self::http`] with command-line arguments.
+    pub fn http_with_args(
+        binary: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Result<Self> {
         let port = free_port()?;
         let log_file = File::create(log)?;
         let mut command = clean_command(binary, env);
         command
+            .args(args)
             .env("PORT", port.to_string())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

@@ -73,9 +73,12 @@ pub struct Login {
     pub few_connections: Option<(Figure, Figure)>,
 }
 
-/// Scenario 3: a function's `/healthz` against bare axum.
+/// Scenario 3: bare axum's `/healthz` inside a function's stack against
+/// bare axum.
 #[derive(Clone, Debug, Default)]
 pub struct Framework {
+    /// bench-layers `function`: the hello handler inside `http::app`, with
+    /// the Prometheus recorder and the functions' accept loop.
     pub function: Series,
     pub hello: Series,
     /// Diagnostic: the function with `RUST_LOG=warn`, so nothing at `info`
@@ -87,6 +90,9 @@ pub struct Framework {
     /// Everything on: the access log, and every request a span exported over
     /// OTLP to a sink in the bench process that answers as a collector would.
     pub traced: Series,
+    /// The `status` function's own `/healthz`: its accept loop and router,
+    /// but none of `http::app`'s layers (the probes are never limited).
+    pub probe: Series,
 }
 
 impl Framework {
@@ -184,13 +190,6 @@ impl Bench<'_> {
             &self.fixture.env_in(space),
             &self.log(function),
         )
-    }
-
-    /// [`Self::start`] with `RUST_LOG` set to `filter`, logging to `logs/<log>.log`.
-    fn start_logging(&self, function: &str, filter: &str, log: &str) -> Result<Process> {
-        let mut env = self.fixture.env_in(&self.fixture.space);
-        env.push(("RUST_LOG".into(), filter.into()));
-        Process::http(&self.settings.binary(function), &env, &self.log(log))
     }
 
     /// A saturating load: the configured threads, connections and duration.
@@ -385,22 +384,35 @@ impl Bench<'_> {
         Ok(result)
     }
 
-    /// `GET /healthz` on a function against the bare axum hello-world.
+    /// bench-hello's `GET /healthz` with and without a function's stack
+    /// around it (bench-layers `function`), and the `status` function's own
+    /// `/healthz`, which the stack leaves out.
     pub fn framework(&mut self) -> Result<Framework> {
-        let (settings, fixture) = (self.settings, self.fixture);
-        let function = self.start("status", &fixture.space)?;
-        let quiet = self.start_logging("status", "warn", "status-quiet")?;
-        let access_log = self.start_logging("status", "info,access=debug", "status-access-log")?;
-        let sink = self.runtime.block_on(otlp_sink())?;
-        let traced = {
-            let mut env = self.fixture.env_in(&self.fixture.space);
-            env.push(("RUST_LOG".into(), "info,access=debug".into()));
-            env.push((
-                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                format!("http://{sink}"),
-            ));
-            Process::http(&settings.binary("status"), &env, &self.log("status-traced"))?
+        let settings = self.settings;
+        let layered = |rust_log: &str, extra: &[(&str, String)], log: &str| {
+            let mut env = vec![("RUST_LOG".to_owned(), rust_log.to_owned())];
+            env.extend(
+                extra
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), value.clone())),
+            );
+            Process::http_with_args(
+                &settings.binary("bench-layers"),
+                &["function"],
+                &env,
+                &self.log(log),
+            )
         };
+        let function = layered("info", &[], "layers-function")?;
+        let quiet = layered("warn", &[], "layers-quiet")?;
+        let access_log = layered("info,access=debug", &[], "layers-access-log")?;
+        let sink = self.runtime.block_on(otlp_sink())?;
+        let traced = layered(
+            "info,access=debug",
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{sink}"))],
+            "layers-traced",
+        )?;
+        let probe = self.start("status", &self.fixture.space)?;
         let hello = Process::http(
             &settings.binary("bench-hello"),
             &[],
@@ -427,6 +439,10 @@ impl Bench<'_> {
                 self.saturate(&traced, Script::get("/healthz")),
                 "healthz-traced",
             ),
+            (
+                self.saturate(&probe, Script::get("/healthz")),
+                "healthz-status-probe",
+            ),
         ];
         for (load, name) in &loads {
             self.record("GET /healthz", load, name);
@@ -441,6 +457,7 @@ impl Bench<'_> {
                 hello_load,
                 access_load,
                 traced_load,
+                probe_load,
             ] = &loads;
             result
                 .function
@@ -457,11 +474,15 @@ impl Bench<'_> {
             result
                 .traced
                 .push(traced_load.0.run(&settings.scratch, traced_load.1)?);
+            result
+                .probe
+                .push(probe_load.0.run(&settings.scratch, probe_load.1)?);
         }
         function.stop()?;
         quiet.stop()?;
         access_log.stop()?;
         traced.stop()?;
+        probe.stop()?;
         hello.stop()?;
         Ok(result)
     }

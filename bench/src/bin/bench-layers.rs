@@ -7,6 +7,9 @@
 //! functions do (`RUST_LOG`, default `info`):
 //! - `bare`: no middleware (the same server as `bench-hello`)
 //! - `shared`: the functions' own `finapp_shared::http::app`
+//! - `function`: a function's whole stack: the Prometheus recorder,
+//!   `http::app`, the functions' accept loop, and tracing as the environment
+//!   sets it (`OTEL_EXPORTER_OTLP_ENDPOINT`); the bench's framework figure
 //! - `from-fn`: axum's `from_fn` with a middleware that only calls the next
 //! - `request-id`: `from_fn` with the request id and its response header, no span
 //! - `tower-http`: the id and span from tower-http's `SetRequestId`,
@@ -117,6 +120,15 @@ async fn main() -> std::io::Result<()> {
         "tower-http" => with_tower_http(hello()),
         "limits" => with_limits(hello()),
         "shared-server" | "shared-traced" => finapp_shared::http::app(hello(), &Default::default()),
+        // A function's whole stack around the hello handler: the Prometheus
+        // recorder, `http::app`, the functions' accept loop, and tracing as
+        // the environment configures it (the bench's framework scenario).
+        "function" => {
+            finapp_shared::metrics::start("bench-layers", None)
+                .await
+                .expect("the recorder installs");
+            finapp_shared::http::app(hello(), &Default::default())
+        }
         // As `shared`, with the Prometheus recorder installed, as every
         // function's `main` does: the metrics are recorded, not only counted
         // against no recorder.
@@ -128,7 +140,7 @@ async fn main() -> std::io::Result<()> {
         }
         other => {
             eprintln!(
-                "unknown variant {other:?}: bare, shared, shared-metrics, shared-server, shared-traced, from-fn, request-id, limits, tower-http"
+                "unknown variant {other:?}: bare, function, shared, shared-metrics, shared-server, shared-traced, from-fn, request-id, limits, tower-http"
             );
             std::process::exit(2);
         }
@@ -137,7 +149,7 @@ async fn main() -> std::io::Result<()> {
         std::env::var("BENCH_OTLP_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9".to_owned())
     });
     finapp_shared::telemetry::init_from("bench-layers", |name| match name {
-        "OTEL_EXPORTER_OTLP_ENDPOINT" => otlp_endpoint.clone(),
+        "OTEL_EXPORTER_OTLP_ENDPOINT" if variant != "function" => otlp_endpoint.clone(),
         _ => std::env::var(name).ok(),
     });
     let port: u16 = std::env::var("PORT")
@@ -147,7 +159,7 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     // Stopped by SIGTERM: valgrind still writes its counts for a process a
     // signal ends.
-    if variant == "shared-server" {
+    if variant == "shared-server" || variant == "function" {
         // The functions' own accept loop (header-read timeout, connection cap).
         let limits = Default::default();
         finapp_shared::server::run(listener, app, &limits, std::future::pending()).await;
