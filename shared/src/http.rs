@@ -4,14 +4,18 @@
 //! the Lambda runtime or as a plain HTTP server.
 
 use std::{
+    convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use axum::{
     Router,
-    error_handling::HandleErrorLayer,
     extract::{
         ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
@@ -23,7 +27,6 @@ use axum::{
 };
 use lambda_http::RequestExt as _;
 use serde_json::json;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tracing::Instrument as _;
 
 use crate::{
@@ -397,64 +400,22 @@ fn client_address(forwarded: &[&str], hops: usize, peer: Option<IpAddr>) -> Opti
 }
 
 /// Wraps a function's routes with what every function shares: JSON 404/405,
-/// the body limit, metrics, the request id (and trace) on every log line, and the limits:
-/// at most `max_in_flight` requests at once (one more is refused at once with
-/// 503 and `Retry-After`), each for at most `request_timeout`.
+/// the body limit, and [`Edge`] (metrics, the request id and trace on every
+/// log line, and the limits: at most `max_in_flight` requests at once, one
+/// more refused at once with 503 and `Retry-After`, each for at most
+/// `request_timeout`).
 pub fn app(routes: Router, limits: &HttpLimits) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // One `layer` call: axum wraps every route once per call, and each
-        // wrapper is cloned for every request. The concurrency limit is global,
-        // so all routes share one count.
+        // wrapper is cloned for every request. The in-flight count is shared,
+        // so all routes share one limit.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(middleware::from_fn(record_metrics))
-                .layer(middleware::from_fn(request_span))
-                .layer(HandleErrorLayer::new(refuse_over_limit))
-                .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
-                .timeout(limits.request_timeout)
+                .layer(EdgeLayer::new(limits))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-}
-
-/// Counts every request the function's routes answer (refusals by the
-/// limits included, the probes not), by route template and status class.
-/// Under Lambda, prints the request's EMF line as well.
-async fn record_metrics(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route = route
-        .as_ref()
-        .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-    let in_flight = metrics::Queued::enter(metrics::in_flight());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed();
-    drop(in_flight);
-    metrics::request_finished(route, response.status(), elapsed);
-    if under_lambda() {
-        metrics::emf::print(&metrics::emf::request_line(
-            metrics::emf::now_ms(),
-            metrics::function(),
-            route,
-            metrics::status_class(response.status()),
-            elapsed.as_secs_f64(),
-        ));
-    }
-    response
-}
-
-/// The answer to a request the limits stopped: shed, or out of time.
-async fn refuse_over_limit(err: tower::BoxError) -> ApiError {
-    if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Unavailable("too many requests in flight; try again shortly".into())
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Unavailable("the request took too long; try again shortly".into())
-    } else {
-        tracing::error!(error = %err, "request failed in a middleware");
-        ApiError::Unavailable("try again shortly".into())
-    }
 }
 
 /// The target of the per-request line: `RUST_LOG=info,access=debug` turns
@@ -463,116 +424,283 @@ pub const ACCESS_LOG_TARGET: &str = "access";
 /// A request slower than this is logged at `info` whatever the filter.
 pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// Runs `request` as the request of its id (Lambda's, the caller's
-/// `x-request-id`, or a new one) and echoes the id in the response.
+/// Makes an [`Edge`] of every route; its clones share one in-flight count.
+#[derive(Clone)]
+struct EdgeLayer(Arc<EdgeLimits>);
+
+struct EdgeLimits {
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    timeout: Duration,
+}
+
+impl EdgeLayer {
+    fn new(limits: &HttpLimits) -> Self {
+        Self(Arc::new(EdgeLimits {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: limits.max_in_flight,
+            timeout: limits.request_timeout,
+        }))
+    }
+}
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            limits: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// What every request of every function goes through, in one service rather
+/// than a stack of middleware: each `from_fn` layer boxes and clones the rest
+/// of the stack per request, and tower's limit layers add a semaphore and an
+/// error type to map back. Per request, in order:
+///
+/// 1. **Metrics**: in flight while it runs; then counted by route template and
+///    status class with its latency (refusals included); under Lambda an EMF
+///    line as well.
+/// 2. **Identity** ([`Identity`]): its id, echoed in `x-request-id` and on
+///    every line it logs, and its span while spans are exported.
+/// 3. **Limits** ([`limited`]): refused with 503 when `max_in_flight`
+///    requests are already running, and answered 503 when it takes longer
+///    than the timeout.
+#[derive(Clone)]
+struct Edge<S> {
+    inner: S,
+    limits: Arc<EdgeLimits>,
+}
+
+impl<S> tower::Service<Request> for Edge<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let identity = Identity::of(&request, route.as_ref());
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        // Made now, run later: an axum route's future does nothing until
+        // polled, and is dropped unpolled if the request is refused.
+        let call = self.inner.call(request);
+        let limits = Arc::clone(&self.limits);
+        Box::pin(async move {
+            let route = route
+                .as_ref()
+                .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+            let in_flight = metrics::Queued::enter(metrics::in_flight());
+            let started = Instant::now();
+            let request = Started {
+                method,
+                uri,
+                started,
+            };
+            let response = identity.run(limited(call, &limits), request).await;
+            let elapsed = started.elapsed();
+            drop(in_flight);
+            metrics::request_finished(route, response.status(), elapsed);
+            if under_lambda() {
+                metrics::emf::print(&metrics::emf::request_line(
+                    metrics::emf::now_ms(),
+                    metrics::function(),
+                    route,
+                    metrics::status_class(response.status()),
+                    elapsed.as_secs_f64(),
+                ));
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Step 2 of [`Edge`]: who the request is: its id (Lambda's, the caller's
+/// `x-request-id`, or a new one), echoed in the response, and, while spans
+/// are exported, its span.
 ///
 /// While spans are exported, the request runs inside a `request` span that
 /// is a child of the caller's span ([`caller_trace`]), carries the trace id as
 /// `trace_id`, and is named in the response's `traceparent`. Otherwise there
 /// is no span: creating, entering and closing one cost more than the rest of
-/// a cheap request (BENCHMARKS.md, section 3), and the ids are kept for the
-/// log lines by [`telemetry::in_request`], which writes them as the span
-/// would have been written, with the caller's trace id if it sent one.
+/// a cheap request (BENCHMARKS.md, "What tracing costs"), and the ids are
+/// kept for the log lines by [`telemetry::in_request`], which writes them as
+/// the span would have been written, with the caller's trace id if it sent one.
 ///
 /// Refusals and failures are logged where they happen, inside the request,
 /// so they carry the id. The line for every completed request is `debug` on
 /// [`ACCESS_LOG_TARGET`] (API Gateway and the ingress keep access logs of their
 /// own, and one write per request would cost more than the rest of a cheap
-/// request); a slow request is logged at `info`. The method and path are on
-/// that line, not in the span: each function serves one route, so its name
-/// already says which, and every span field is formatted for every request.
-async fn request_span(request: Request, next: Next) -> Response {
-    let request_id = request
-        .extensions()
-        .lambda_context_ref()
-        .map(|context| context.request_id.clone())
-        .or_else(|| {
-            request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .filter(|value| value.len() <= 128)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let id_header = HeaderValue::from_str(&request_id).ok();
-    let caller = caller_trace(&request, under_lambda());
-    if !telemetry::exporting() {
-        let ids = telemetry::RequestIds {
-            request_id,
-            trace_id: caller.map(|caller| caller.trace_id),
-        };
-        return telemetry::in_request(ids, complete(request, next, id_header, None)).await;
-    }
-    // Named for the trace viewer; these fields reach the logs only while
-    // spans are exported.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        trace_id = tracing::field::Empty,
-        otel.name = %format_args!("{} {route}", request.method()),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = %request.method(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-    );
-    if let Some(caller) = caller {
-        let tracestate = request
-            .headers()
-            .get("tracestate")
-            .and_then(|value| value.to_str().ok());
-        telemetry::set_remote_parent(&span, caller, tracestate);
-    }
-    let own = telemetry::traceparent_of(&span);
-    if let Some(trace) = own.or(caller) {
-        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
-    }
-    complete(request, next, id_header, own)
-        .instrument(span)
-        .await
+/// request); a slow request is logged at `info`.
+struct Identity {
+    request_id: HeaderValue,
+    caller: Option<TraceParent>,
+    /// The request's span and its own place in the trace, while exporting.
+    span: Option<(tracing::Span, Option<TraceParent>)>,
 }
 
-/// Runs `request` to its response: logs it if slow (or on
-/// [`ACCESS_LOG_TARGET`]), echoes its id, and, when the request has a span of
-/// its own (`own`), records the status in it and names it in `traceparent`.
-async fn complete(
-    request: Request,
-    next: Next,
-    id_header: Option<HeaderValue>,
-    own: Option<TraceParent>,
+/// What the access line says of a request.
+struct Started {
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    started: Instant,
+}
+
+impl Identity {
+    fn of(request: &Request, route: Option<&MatchedPath>) -> Self {
+        let request_id = request
+            .extensions()
+            .lambda_context_ref()
+            .and_then(|context| HeaderValue::from_str(&context.request_id).ok())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get("x-request-id")
+                    .filter(|value| value.len() <= 128 && value.to_str().is_ok())
+                    .cloned()
+            })
+            .unwrap_or_else(new_request_id);
+        let caller = caller_trace(request, under_lambda());
+        if !telemetry::exporting() {
+            return Self {
+                request_id,
+                caller,
+                span: None,
+            };
+        }
+        // Named for the trace viewer; these fields reach the logs only while
+        // spans are exported.
+        let route = route.map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+            otel.name = %format_args!("{} {route}", request.method()),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %request.method(),
+            http.route = route,
+            http.response.status_code = tracing::field::Empty,
+        );
+        if let Some(caller) = caller {
+            let tracestate = request
+                .headers()
+                .get("tracestate")
+                .and_then(|value| value.to_str().ok());
+            telemetry::set_remote_parent(&span, caller, tracestate);
+        }
+        let own = telemetry::traceparent_of(&span);
+        if let Some(trace) = own.or(caller) {
+            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        }
+        Self {
+            request_id,
+            caller,
+            span: Some((span, own)),
+        }
+    }
+
+    /// Runs `response` as this request, logs its access line, and echoes the id.
+    async fn run(self, response: impl Future<Output = Response>, request: Started) -> Response {
+        let spanned = self.span.is_some();
+        let completed = async move {
+            let response = response.await;
+            let latency = request.started.elapsed();
+            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            let status = response.status().as_u16();
+            let (method, path) = (&request.method, request.uri.path());
+            if latency >= SLOW_REQUEST {
+                tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
+            } else {
+                tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
+            }
+            if spanned {
+                let span = tracing::Span::current();
+                span.record("http.response.status_code", status);
+                if response.status().is_server_error() {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            response
+        };
+        let mut response = match self.span {
+            Some((span, own)) => {
+                let mut response = completed.instrument(span).await;
+                if let Some(value) =
+                    own.and_then(|own| HeaderValue::from_str(&own.to_string()).ok())
+                {
+                    response.headers_mut().insert("traceparent", value);
+                }
+                response
+            }
+            None => {
+                let ids = telemetry::RequestIds {
+                    request_id: self.request_id.clone(),
+                    trace_id: self.caller.map(|caller| caller.trace_id),
+                };
+                telemetry::in_request(ids, completed).await
+            }
+        };
+        response
+            .headers_mut()
+            .insert("x-request-id", self.request_id);
+        response
+    }
+}
+
+/// A new request id: a random UUID, written without an allocation of its own.
+fn new_request_id() -> HeaderValue {
+    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+/// Step 3 of [`Edge`]: the route's response, unless `limits` refuse the
+/// request or its time runs out.
+async fn limited(
+    call: impl Future<Output = Result<Response, Infallible>>,
+    limits: &EdgeLimits,
 ) -> Response {
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let started = Instant::now();
-    let mut response = next.run(request).await;
-    let latency = started.elapsed();
-    let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    let status = response.status().as_u16();
-    let path = uri.path();
-    if latency >= SLOW_REQUEST {
-        tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
-    } else {
-        tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
+    let Some(_slot) = InFlight::enter(limits) else {
+        return ApiError::Unavailable("too many requests in flight; try again shortly".into())
+            .into_response();
+    };
+    match tokio::time::timeout(limits.timeout, call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => ApiError::Unavailable("the request took too long; try again shortly".into())
+            .into_response(),
     }
-    if let Some(value) = id_header {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    if let Some(own) = own {
-        let span = tracing::Span::current();
-        span.record("http.response.status_code", status);
-        if response.status().is_server_error() {
-            span.record("otel.status_code", "error");
-        }
-        if let Ok(value) = HeaderValue::from_str(&own.to_string()) {
-            response.headers_mut().insert("traceparent", value);
+}
+
+/// One of the `max_in_flight` places, held while a request runs.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(limits: &'a EdgeLimits) -> Option<Self> {
+        if limits.in_flight.fetch_add(1, Ordering::AcqRel) < limits.max_in_flight {
+            Some(Self(&limits.in_flight))
+        } else {
+            limits.in_flight.fetch_sub(1, Ordering::AcqRel);
+            None
         }
     }
-    response
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The caller's span, if the request names one: its W3C `traceparent`; else,
@@ -721,6 +849,26 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_max_in_flight_places_are_held_at_once() {
+        let limits = EdgeLimits {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: 2,
+            timeout: Duration::from_secs(1),
+        };
+        let first = InFlight::enter(&limits).expect("a first place");
+        let second = InFlight::enter(&limits).expect("a second place");
+        assert!(InFlight::enter(&limits).is_none());
+        assert!(
+            InFlight::enter(&limits).is_none(),
+            "a refusal holds no place"
+        );
+        drop(first);
+        let third = InFlight::enter(&limits).expect("a place left by the first");
+        drop((second, third));
+        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn every_client_error_maps_to_a_4xx_and_internal_to_a_500() {

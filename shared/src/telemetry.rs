@@ -278,7 +278,9 @@ pub fn current_traceparent() -> Option<TraceParent> {
 /// which would cost more than the rest of a cheap request, and the ids live in
 /// a task-local instead ([`in_request`]).
 pub struct RequestIds {
-    pub request_id: String,
+    /// A header value, as the request carries it and its response echoes it;
+    /// always visible ASCII.
+    pub request_id: axum::http::HeaderValue,
     /// The caller's trace, if it named one.
     pub trace_id: Option<u128>,
 }
@@ -335,7 +337,7 @@ where
             writer.write_str(separator)?;
             separator = ",";
             writer.write_str("{\"request_id\":\"")?;
-            JsonEscaped(&mut writer).write_str(&ids.request_id)?;
+            JsonEscaped(&mut writer).write_str(ids.request_id.to_str().unwrap_or_default())?;
             if let Some(trace_id) = ids.trace_id {
                 write!(writer, "\",\"trace_id\":\"{trace_id:032x}")?;
             }
@@ -683,7 +685,7 @@ mod tests {
     #[test]
     fn a_request_served_in_request_logs_as_one_in_a_request_span_does() {
         let ids = || RequestIds {
-            request_id: "req \"1\"".into(),
+            request_id: axum::http::HeaderValue::from_static("req \"1\""),
             trace_id: Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
         };
         let inner = || {
@@ -697,7 +699,7 @@ mod tests {
             let ids = ids();
             let request = tracing::info_span!(
                 "request",
-                request_id = %ids.request_id,
+                request_id = ids.request_id.to_str().unwrap(),
                 trace_id = %"4bf92f3577b34da6a3ce929d0e0e4736",
             );
             request.in_scope(inner);
