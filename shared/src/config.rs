@@ -65,6 +65,10 @@ pub struct Config {
     /// `IDEMPOTENCY_TTL_SECS`, default 86400 (24 h): how long an
     /// `Idempotency-Key` and the response it recorded are kept.
     pub idempotency_ttl: Duration,
+    /// `ANALYTICS_CACHE_MS`, default 1000 (0 = off): how long a process
+    /// answers `GET /analytics` from the summary it read last. The summary
+    /// names every user, so each read costs a read of every user's counters.
+    pub analytics_cache: Duration,
 }
 
 /// Bounds per account, so that no one user can grow a response or the data
@@ -266,6 +270,7 @@ impl Config {
                 trusted_proxy_hops: parse_number(&get, "TRUSTED_PROXY_HOPS", 0)?,
             },
             idempotency_ttl: Duration::from_secs(positive(&get, "IDEMPOTENCY_TTL_SECS", 86_400)?),
+            analytics_cache: Duration::from_millis(parse_number(&get, "ANALYTICS_CACHE_MS", 1000)?),
         })
     }
 
@@ -366,6 +371,7 @@ mod tests {
         assert_eq!(config.accounts, AccountLimits::default());
         assert_eq!(config.login_throttle, LoginThrottle::default());
         assert_eq!(config.idempotency_ttl, Duration::from_secs(24 * 60 * 60));
+        assert_eq!(config.analytics_cache, Duration::from_secs(1));
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub struct Store {
     /// Idempotency keys and the responses they replay (see [`Store::claim_idempotency_key`]).
     idempotency_keys: Collection<IdempotencyRecord>,
     options_cache: financing::OptionsCache,
+    summary_cache: Arc<analytics::SummaryCache>,
     /// Every read's `maxTimeMS`.
     read_limit: Duration,
     counter_locks: Arc<analytics::CounterLocks>,
@@ -193,7 +194,16 @@ impl Store {
             config.mongodb_timeout,
         )
         .await?;
-        Ok(store.with_read_limit(config.mongodb_max_time))
+        Ok(store
+            .with_read_limit(config.mongodb_max_time)
+            .with_summary_cache(config.analytics_cache))
+    }
+
+    /// Answers [`Store::analytics_summary_cached`] from memory for `ttl` after
+    /// each read (`ANALYTICS_CACHE_MS`); zero, the default, reads every time.
+    pub fn with_summary_cache(mut self, ttl: Duration) -> Self {
+        self.summary_cache = Arc::new(analytics::SummaryCache::new(ttl));
+        self
     }
 
     /// Sets the server-side time limit of every read (`maxTimeMS`; see
@@ -238,6 +248,7 @@ impl Store {
             login_failures: db.collection(collections::LOGIN_FAILURES),
             idempotency_keys: db.collection(collections::IDEMPOTENCY_KEYS),
             options_cache: financing::OptionsCache::default(),
+            summary_cache: Arc::new(analytics::SummaryCache::new(Duration::ZERO)),
             read_limit: DEFAULT_READ_LIMIT,
             counter_locks: Arc::new(analytics::CounterLocks::new()),
             db,

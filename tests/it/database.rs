@@ -399,6 +399,52 @@ async fn events_stored_by_a_consumer_that_crashed_before_counting_are_counted_on
     assert_counters_match_the_stream(&deps).await;
 }
 
+/// With `ANALYTICS_CACHE_MS` set, `/analytics` answers from the summary it
+/// read last until that is due, then reads the counters again.
+#[tokio::test]
+async fn analytics_answers_from_its_cache_until_it_is_due() {
+    let cache = Duration::from_secs(10);
+    let env = TestEnv::new().with_var("ANALYTICS_CACHE_MS", cache.as_millis());
+    let app = TestApp::spawn(&env, all_functions).await;
+    let admin = app.admin_token("chief").await;
+    let read = || async {
+        let (status, body) = send(app.authed(Method::GET, "/analytics", &admin)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // The cache's time starts when the first read ends, so no earlier than this.
+    let asked = std::time::Instant::now();
+    let first = read().await;
+    assert_eq!(first["total_logins"], 0, "{first}");
+    env.db()
+        .await
+        .collection::<Document>("user_analytics")
+        .insert_one(doc! { "username": "ann", "event": "User ann logged in" })
+        .await
+        .unwrap();
+    app.deps.store.rebuild_analytics_counters().await.unwrap();
+
+    let cached = read().await;
+    assert!(
+        asked.elapsed() < cache,
+        "the test itself took the cache's time"
+    );
+    assert_eq!(cached, first, "answered from the cache");
+    finapp_tests::wait_for(
+        "the new login in /analytics once the cache is due",
+        cache * 2,
+        || async {
+            let summary = read().await;
+            (summary["total_logins"] == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        asked.elapsed() >= cache,
+        "read again before the cache was due"
+    );
+}
+
 #[tokio::test]
 async fn a_rebuild_seeds_the_counters_from_events_the_original_wrote() {
     let env = TestEnv::new();

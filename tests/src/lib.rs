@@ -126,10 +126,14 @@ impl TestEnv {
 
     /// The environment a function process of this test gets. No metrics
     /// endpoint unless the test sets `METRICS_PORT`: parallel processes
-    /// would all ask for the default port.
+    /// would all ask for the default port. No `/analytics` cache unless the
+    /// test sets `ANALYTICS_CACHE_MS`.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
-        let metrics_port = (!self.extra.iter().any(|(name, _)| *name == "METRICS_PORT"))
-            .then(|| ("METRICS_PORT", "off".to_owned()));
+        let unset = |name| !self.extra.iter().any(|(set, _)| *set == name);
+        let metrics_port = unset("METRICS_PORT").then(|| ("METRICS_PORT", "off".to_owned()));
+        // Tests read /analytics right after the writes they check.
+        let analytics_cache =
+            unset("ANALYTICS_CACHE_MS").then(|| ("ANALYTICS_CACHE_MS", "0".to_owned()));
         vec![
             ("MONGODB_URI", self.mongodb_uri.clone()),
             ("MONGODB_DATABASE", self.database.clone()),
@@ -144,6 +148,7 @@ impl TestEnv {
                 .map(|kind| ("RABBITMQ_QUEUE_TYPE", kind.to_owned())),
         )
         .chain(metrics_port)
+        .chain(analytics_cache)
         .chain(self.extra.iter().cloned())
         .collect()
     }

@@ -2,7 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    response::{IntoResponse as _, Response},
+    routing::get,
+};
 use finapp_shared::{
     Deps,
     http::{AdminUser, ApiError, ErrorBody},
@@ -15,7 +20,8 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-/// The original's fields plus counts per event type; zeros when there are no events.
+/// The original's fields plus counts per event type; zeros when there are no
+/// events. At most `ANALYTICS_CACHE_MS` plus one read old.
 #[utoipa::path(get, path = "/analytics", tag = "admin", security(("bearer" = [])), responses(
         (status = 200, description = "The summary", body = AnalyticsSummary),
         (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
@@ -26,6 +32,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
 pub async fn analytics(
     State(deps): State<Arc<Deps>>,
     AdminUser(admin): AdminUser,
-) -> Result<axum::Json<AnalyticsSummary>, ApiError> {
-    Ok(axum::Json(deps.store.analytics_summary().await?))
+) -> Result<Response, ApiError> {
+    let summary = deps.store.analytics_summary_cached().await?;
+    Ok(axum::Json(&*summary).into_response())
 }

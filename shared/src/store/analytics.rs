@@ -1,7 +1,11 @@
 //! `user_analytics` and `analytics_counters`: every event the consumer
 //! recorded, once per id, and the per-user counters `GET /analytics` reads.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use futures_util::TryStreamExt as _;
 use mongodb::{
@@ -51,6 +55,42 @@ pub struct AnalyticsSummary {
 /// applied to every event's text so both generations of events count alike.
 pub const LOGIN_MARKER: &str = "logged in";
 pub const FINANCING_CHECK_MARKER: &str = "checked financing options";
+
+/// The summary a process read last, and when (see [`Store::analytics_summary_cached`]).
+#[derive(Debug)]
+pub(super) struct SummaryCache {
+    ttl: Duration,
+    held: Mutex<Option<(Instant, Arc<AnalyticsSummary>)>>,
+    /// Held by the one request reading a new summary.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl SummaryCache {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            held: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The summary held, and whether it is still fresh.
+    fn held(&self) -> Option<(Arc<AnalyticsSummary>, bool)> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.as_ref()
+            .map(|(at, summary)| (Arc::clone(summary), at.elapsed() < self.ttl))
+    }
+
+    fn hold(&self, summary: Arc<AnalyticsSummary>) {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), summary));
+    }
+}
 
 /// Stripes of the per-user lock around counter updates (see [`Store::record_analytics`]).
 const COUNTER_STRIPES: usize = 64;
@@ -266,6 +306,33 @@ impl Store {
             Err(err) if is_duplicate_key(&err) => Ok(false),
             Err(err) => Err(StoreError::new("add to analytics counters", err)),
         }
+    }
+
+    /// [`Store::analytics_summary`], answered from this process's memory for
+    /// the cache's time (`ANALYTICS_CACHE_MS`) after each read. One request
+    /// reads a new summary once it is due; the requests meanwhile answer with
+    /// the one it replaces, or, before the first, wait for it. So a summary is
+    /// at most the cache's time plus one read old, and a process reads the
+    /// counters at most once per that time however many ask.
+    pub async fn analytics_summary_cached(&self) -> Result<Arc<AnalyticsSummary>, StoreError> {
+        let cache = &self.summary_cache;
+        if cache.ttl.is_zero() {
+            return Ok(Arc::new(self.analytics_summary().await?));
+        }
+        let held = cache.held();
+        let _reading = match (held, cache.refresh.try_lock()) {
+            (Some((summary, true)), _) => return Ok(summary),
+            (_, Ok(reading)) => reading,
+            (Some((stale, false)), Err(_)) => return Ok(stale),
+            (None, Err(_)) => cache.refresh.lock().await,
+        };
+        // The read this one waited for, or one that ended since the check.
+        if let Some((summary, true)) = cache.held() {
+            return Ok(summary);
+        }
+        let summary = Arc::new(self.analytics_summary().await?);
+        cache.hold(Arc::clone(&summary));
+        Ok(summary)
     }
 
     /// The summary from `analytics_counters`: one read of a document per user.
