@@ -451,32 +451,17 @@ impl Bench<'_> {
         let mut result = Framework::default();
         for run in 1..=settings.runs {
             eprintln!("[bench] GET /healthz run {run}/{}", settings.runs);
-            let [
-                function_load,
-                quiet_load,
-                hello_load,
-                access_load,
-                traced_load,
-                probe_load,
-            ] = &loads;
-            result
-                .function
-                .push(function_load.0.run(&settings.scratch, function_load.1)?);
-            result
-                .hello
-                .push(hello_load.0.run(&settings.scratch, hello_load.1)?);
-            result
-                .quiet
-                .push(quiet_load.0.run(&settings.scratch, quiet_load.1)?);
-            result
-                .access_log
-                .push(access_load.0.run(&settings.scratch, access_load.1)?);
-            result
-                .traced
-                .push(traced_load.0.run(&settings.scratch, traced_load.1)?);
-            result
-                .probe
-                .push(probe_load.0.run(&settings.scratch, probe_load.1)?);
+            let series = [
+                &mut result.function,
+                &mut result.quiet,
+                &mut result.hello,
+                &mut result.access_log,
+                &mut result.traced,
+                &mut result.probe,
+            ];
+            for ((load, name), series) in loads.iter().zip(series) {
+                series.push(load.run(&settings.scratch, name)?);
+            }
         }
         function.stop()?;
         quiet.stop()?;
