@@ -20,8 +20,9 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .with_state(deps)
 }
 
-/// The original's fields plus counts per event type; zeros when there are no
-/// events. At most `ANALYTICS_CACHE_MS` plus one read old.
+/// The original's fields plus counts per event type; zeros when there are no events.
+///
+/// At most `ANALYTICS_CACHE_MS` plus one read old.
 #[utoipa::path(get, path = "/analytics", tag = "admin", security(("bearer" = [])), responses(
         (status = 200, description = "The summary", body = AnalyticsSummary),
         (status = 401, description = "Missing, malformed, forged or expired token, or its user no longer exists", body = ErrorBody),
