@@ -305,8 +305,10 @@ impl Bench<'_> {
                         rt.block_on(ceilings::closed_loop(concurrency, duration, move |_, _| {
                             let store = store.clone();
                             async move {
+                                // What the route does per request: the
+                                // caller's role, then the cached summary.
                                 store.find_user("scale_admin").await.is_ok()
-                                    && store.analytics_summary().await.is_ok()
+                                    && store.analytics_summary_cached().await.is_ok()
                             }
                         }))
                     })
