@@ -7,7 +7,7 @@ use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     task::Poll,
@@ -424,7 +424,7 @@ pub const ACCESS_LOG_TARGET: &str = "access";
 /// A request slower than this is logged at `info` whatever the filter.
 pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// Makes an [`Edge`] of every route; its clones share one in-flight count.
+/// Makes an [`Edge`] of every route; they share one in-flight count.
 #[derive(Clone)]
 struct EdgeLayer(Arc<EdgeLimits>);
 
@@ -450,7 +450,32 @@ impl<S> tower::Layer<S> for EdgeLayer {
     fn layer(&self, inner: S) -> Edge<S> {
         Edge {
             inner,
-            limits: Arc::clone(&self.0),
+            route: Arc::new(EdgeRoute {
+                limits: Arc::clone(&self.0),
+                metrics: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+/// What an [`Edge`] keeps for its route.
+struct EdgeRoute {
+    limits: Arc<EdgeLimits>,
+    /// The route's metric handles, made on its first request. `Router::layer`
+    /// makes an `Edge` per route (and one for the fallback), so every request
+    /// it sees has the same template; one that does not gets its own handles.
+    metrics: OnceLock<metrics::RouteMetrics>,
+}
+
+impl EdgeRoute {
+    fn finished(&self, route: &str, status: StatusCode, elapsed: Duration) {
+        let metrics = self
+            .metrics
+            .get_or_init(|| metrics::RouteMetrics::of(route));
+        if metrics.route() == route {
+            metrics.finished(status, elapsed);
+        } else {
+            metrics::RouteMetrics::of(route).finished(status, elapsed);
         }
     }
 }
@@ -471,7 +496,7 @@ impl<S> tower::Layer<S> for EdgeLayer {
 #[derive(Clone)]
 struct Edge<S> {
     inner: S,
-    limits: Arc<EdgeLimits>,
+    route: Arc<EdgeRoute>,
 }
 
 impl<S> tower::Service<Request> for Edge<S>
@@ -488,34 +513,33 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = request.extensions().get::<MatchedPath>().cloned();
-        let identity = Identity::of(&request, route.as_ref());
-        let method = request.method().clone();
-        let uri = request.uri().clone();
+        let started = Instant::now();
+        let template = request.extensions().get::<MatchedPath>().cloned();
+        let identity = Identity::of(&request, template.as_ref());
+        let line = AccessLine {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            started,
+        };
         // Made now, run later: an axum route's future does nothing until
         // polled, and is dropped unpolled if the request is refused.
         let call = self.inner.call(request);
-        let limits = Arc::clone(&self.limits);
+        let route = Arc::clone(&self.route);
         Box::pin(async move {
-            let route = route
+            let in_flight = metrics::Queued::enter(metrics::in_flight());
+            let (response, elapsed) = identity
+                .run(limited(call, &route.limits, started), line)
+                .await;
+            drop(in_flight);
+            let template = template
                 .as_ref()
                 .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-            let in_flight = metrics::Queued::enter(metrics::in_flight());
-            let started = Instant::now();
-            let request = Started {
-                method,
-                uri,
-                started,
-            };
-            let response = identity.run(limited(call, &limits), request).await;
-            let elapsed = started.elapsed();
-            drop(in_flight);
-            metrics::request_finished(route, response.status(), elapsed);
+            route.finished(template, response.status(), elapsed);
             if under_lambda() {
                 metrics::emf::print(&metrics::emf::request_line(
                     metrics::emf::now_ms(),
                     metrics::function(),
-                    route,
+                    template,
                     metrics::status_class(response.status()),
                     elapsed.as_secs_f64(),
                 ));
@@ -550,11 +574,14 @@ struct Identity {
 }
 
 /// What the access line says of a request.
-struct Started {
+struct AccessLine {
     method: axum::http::Method,
     uri: axum::http::Uri,
     started: Instant,
 }
+
+/// The header every response echoes the request's id in.
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 impl Identity {
     fn of(request: &Request, route: Option<&MatchedPath>) -> Self {
@@ -565,7 +592,7 @@ impl Identity {
             .or_else(|| {
                 request
                     .headers()
-                    .get("x-request-id")
+                    .get(X_REQUEST_ID)
                     .filter(|value| value.len() <= 128 && value.to_str().is_ok())
                     .cloned()
             })
@@ -610,15 +637,20 @@ impl Identity {
         }
     }
 
-    /// Runs `response` as this request, logs its access line, and echoes the id.
-    async fn run(self, response: impl Future<Output = Response>, request: Started) -> Response {
+    /// Runs `response` as this request, logs its access line, and echoes
+    /// the id; returns the response and how long it took.
+    async fn run(
+        self,
+        response: impl Future<Output = Response>,
+        line: AccessLine,
+    ) -> (Response, Duration) {
         let spanned = self.span.is_some();
         let completed = async move {
             let response = response.await;
-            let latency = request.started.elapsed();
+            let latency = line.started.elapsed();
             let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             let status = response.status().as_u16();
-            let (method, path) = (&request.method, request.uri.path());
+            let (method, path) = (&line.method, line.uri.path());
             if latency >= SLOW_REQUEST {
                 tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
             } else {
@@ -631,30 +663,29 @@ impl Identity {
                     span.record("otel.status_code", "error");
                 }
             }
-            response
+            (response, latency)
         };
-        let mut response = match self.span {
+        let (mut response, latency, request_id) = match self.span {
             Some((span, own)) => {
-                let mut response = completed.instrument(span).await;
+                let (mut response, latency) = completed.instrument(span).await;
                 if let Some(value) =
                     own.and_then(|own| HeaderValue::from_str(&own.to_string()).ok())
                 {
                     response.headers_mut().insert("traceparent", value);
                 }
-                response
+                (response, latency, self.request_id)
             }
             None => {
                 let ids = telemetry::RequestIds {
-                    request_id: self.request_id.clone(),
+                    request_id: self.request_id,
                     trace_id: self.caller.map(|caller| caller.trace_id),
                 };
-                telemetry::in_request(ids, completed).await
+                let ((response, latency), ids) = telemetry::in_request(ids, completed).await;
+                (response, latency, ids.request_id)
             }
         };
-        response
-            .headers_mut()
-            .insert("x-request-id", self.request_id);
-        response
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        (response, latency)
     }
 }
 
@@ -666,20 +697,64 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Step 3 of [`Edge`]: the route's response, unless `limits` refuse the
-/// request or its time runs out.
+/// request or its time (from `started`) runs out.
 async fn limited(
     call: impl Future<Output = Result<Response, Infallible>>,
     limits: &EdgeLimits,
+    started: Instant,
 ) -> Response {
     let Some(_slot) = InFlight::enter(limits) else {
         return ApiError::Unavailable("too many requests in flight; try again shortly".into())
             .into_response();
     };
-    match tokio::time::timeout(limits.timeout, call).await {
+    match (Deadline {
+        inner: call,
+        at: started + limits.timeout,
+        timer: None,
+    })
+    .await
+    {
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
-        Err(_) => ApiError::Unavailable("the request took too long; try again shortly".into())
-            .into_response(),
+        Err(TimedOut) => {
+            ApiError::Unavailable("the request took too long; try again shortly".into())
+                .into_response()
+        }
+    }
+}
+
+/// A request that ran out of time.
+struct TimedOut;
+
+pin_project_lite::pin_project! {
+    /// `inner`, unless `at` passes first. As `tokio::time::timeout`, but the
+    /// timer is made only once `inner` has to wait: most requests of a cheap
+    /// route never do, and making and dropping a timer costs more than they.
+    struct Deadline<F> {
+        #[pin]
+        inner: F,
+        at: Instant,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if this.timer.is_none() {
+            this.timer
+                .set(Some(tokio::time::sleep_until((*this.at).into())));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
+            _ => Poll::Pending,
+        }
     }
 }
 
@@ -868,6 +943,34 @@ mod tests {
         let third = InFlight::enter(&limits).expect("a place left by the first");
         drop((second, third));
         assert_eq!(limits.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_deadline_makes_no_timer_for_a_ready_answer() {
+        let mut deadline = std::pin::pin!(Deadline {
+            inner: std::future::ready(7),
+            at: Instant::now(),
+            timer: None,
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            deadline.as_mut().poll(&mut cx),
+            Poll::Ready(Ok(7))
+        ));
+        assert!(deadline.timer.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_deadline_ends_a_waiting_answer_when_it_passes() {
+        let started = Instant::now();
+        let answer = Deadline {
+            inner: std::future::pending::<()>(),
+            at: started + Duration::from_millis(20),
+            timer: None,
+        }
+        .await;
+        assert!(matches!(answer, Err(TimedOut)));
+        assert!(started.elapsed() >= Duration::from_millis(20));
     }
 
     #[test]

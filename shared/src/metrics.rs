@@ -15,11 +15,7 @@
 //! This module imports only `config` in this crate, so every other module
 //! may import it.
 
-use std::{
-    collections::HashMap,
-    sync::{OnceLock, RwLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use axum::{
     Router,
@@ -159,47 +155,38 @@ fn class_index(status: StatusCode) -> usize {
     usize::from(status.as_u16() / 100).clamp(1, 5) - 1
 }
 
-/// One route template's request handles.
-struct RouteHandles {
+/// One route template's request handles (templates, not paths: a function
+/// has a handful). Made once per route and kept by it (`http::app`), so a
+/// request touches no map.
+pub struct RouteMetrics {
+    route: String,
     /// By status class, in [`STATUS_CLASSES`] order.
     requests: [Counter; 5],
     duration: Histogram,
 }
 
-/// Route templates seen so far, with their handles. Templates, not paths:
-/// a function has a handful, so this never grows past that.
-fn route_handles(route: &str, with: impl FnOnce(&RouteHandles)) {
-    static ROUTES: OnceLock<RwLock<HashMap<String, RouteHandles>>> = OnceLock::new();
-    let routes = ROUTES.get_or_init(RwLock::default);
-    if let Some(handles) = routes
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(route)
-    {
-        return with(handles);
-    }
-    let mut routes = routes
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let handles = routes.entry(route.to_owned()).or_insert_with(|| {
+impl RouteMetrics {
+    /// The handles of `route` (a template, or [`UNMATCHED_ROUTE`]).
+    pub fn of(route: &str) -> Self {
         let function = function();
-        let label = route.to_owned();
-        RouteHandles {
+        Self {
+            route: route.to_owned(),
             requests: STATUS_CLASSES.map(|class| {
-                counter!(HTTP_REQUESTS_TOTAL, "function" => function, "route" => label.clone(), "status_class" => class)
+                counter!(HTTP_REQUESTS_TOTAL, "function" => function, "route" => route.to_owned(), "status_class" => class)
             }),
-            duration: histogram!(HTTP_REQUEST_DURATION_SECONDS, "function" => function, "route" => label.clone()),
+            duration: histogram!(HTTP_REQUEST_DURATION_SECONDS, "function" => function, "route" => route.to_owned()),
         }
-    });
-    with(handles);
-}
+    }
 
-/// Counts one finished request of `route` (a template, or [`UNMATCHED_ROUTE`]).
-pub fn request_finished(route: &str, status: StatusCode, elapsed: Duration) {
-    route_handles(route, |handles| {
-        handles.requests[class_index(status)].increment(1);
-        handles.duration.record(elapsed.as_secs_f64());
-    });
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Counts one finished request.
+    pub fn finished(&self, status: StatusCode, elapsed: Duration) {
+        self.requests[class_index(status)].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
 }
 
 /// Holds one unit of a gauge until dropped, so work that is dropped midway

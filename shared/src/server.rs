@@ -1,29 +1,33 @@
-//! The plain HTTP server (containers, Kubernetes): hyper's HTTP/1 connections
-//! with a header-read timeout, which also closes connections idle between
+//! The plain HTTP server (containers, Kubernetes): hyper's HTTP/1 connections,
+//! a header-read deadline, which also closes connections idle between
 //! requests, and a cap on open connections kept below the process's open-file
 //! limit.
 //!
 //! At the cap, the oldest connection that has not sent a request yet is closed
 //! to make room, so idle or slow-loris connections can never keep a real
 //! client out, and a failed accept (EMFILE) is logged and retried.
+//!
+//! The deadline is kept here rather than by hyper's `header_read_timeout`,
+//! which arms and drops a timer for every request and makes the connection
+//! poll its socket once more per request: about a fifth of a cheap request's
+//! cost (BENCHMARKS.md, section 3). Here a request stores one number when it
+//! starts and one when it is answered, and one task looks at every
+//! connection's deadline a few times per timeout.
 
 use std::{
-    collections::VecDeque,
     future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, OnceLock, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use axum::{Router, extract::ConnectInfo};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, oneshot},
@@ -38,6 +42,9 @@ const RESERVED_FILES: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How many times per header-read timeout the deadlines are checked: a
+/// connection past its deadline is closed at most a tenth of it late.
+const CHECKS_PER_TIMEOUT: u32 = 10;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish (for up to [`SHUTDOWN_GRACE`]).
@@ -51,19 +58,19 @@ pub async fn run(
         .max_connections
         .min(file_limit().saturating_sub(RESERVED_FILES))
         .max(1);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    let http = hyper::server::conn::http1::Builder::new();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
-    let waiting = Waiting::default();
+    let open = Open::default();
+    let header_read_timeout = limits.header_read_timeout;
+    let deadlines = tokio::spawn(open.clone().close_late(header_read_timeout));
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                waiting.evict_oldest();
+                open.evict_oldest();
                 tokio::select! {
                     slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
                     () = &mut shutdown => break,
@@ -75,31 +82,31 @@ pub async fn run(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::error!(error = %err, max_connections, "accept failed");
-                    waiting.evict_oldest();
+                    open.evict_oldest();
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let (active, evicted) = waiting.push(max_connections);
-        let service = MarkActive {
+        let (connection, closed) = open.push(max_connections, header_read_timeout);
+        let service = Tracked {
             inner: TowerToHyperService::new(app.clone()),
-            active,
+            connection,
+            header_read_timeout,
             peer,
         };
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let served = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _slot = slot;
             tokio::select! {
-                result = connection => {
+                result = served => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "connection closed");
                     }
                 }
-                // Dropping the connection closes its socket. A candidate
-                // dropped without a signal (it became active) is no eviction.
-                Ok(()) = evicted => {}
+                // Dropping the connection closes its socket.
+                Ok(()) = closed => {}
             }
         });
     }
@@ -110,81 +117,181 @@ pub async fn run(
     {
         tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
+    deadlines.abort();
 }
 
-/// Connections that have not sent a request yet, oldest first.
-#[derive(Clone, Default)]
-struct Waiting(Arc<Mutex<VecDeque<Candidate>>>);
+/// A connection's deadline while one of its requests is being answered: none.
+const ANSWERING: u64 = u64::MAX;
 
-struct Candidate {
-    active: Arc<AtomicBool>,
-    evict: oneshot::Sender<()>,
+/// Milliseconds since the first call, the clock of the deadlines.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(ANSWERING - 1)
 }
 
-impl Candidate {
-    fn eligible(&self) -> bool {
-        !self.active.load(Ordering::Relaxed) && !self.evict.is_closed()
+fn deadline_after(timeout: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(ANSWERING - 1))
+}
+
+/// What the accept loop knows of one open connection.
+struct Connection {
+    /// Set by its first request: from then on it is never closed to make room.
+    active: AtomicBool,
+    /// By when (on [`now_ms`]'s clock) its next request's headers must have
+    /// arrived; [`ANSWERING`] while a request is being answered.
+    deadline: AtomicU64,
+    /// Closes it: its task gives up on it when this fires.
+    close: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Connection {
+    /// Closes it; false if it was closed already.
+    fn close(&self) -> bool {
+        let close = self
+            .close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        close.is_some_and(|close| close.send(()).is_ok())
+    }
+
+    /// Neither closed nor ever sent a request.
+    fn evictable(&self) -> bool {
+        !self.active.load(Ordering::Relaxed)
+            && self
+                .close
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|close| !close.is_closed())
     }
 }
 
-impl Waiting {
-    /// Registers a new connection; returns its activity flag and its eviction signal.
-    fn push(&self, max_connections: usize) -> (Arc<AtomicBool>, oneshot::Receiver<()>) {
-        let active = Arc::new(AtomicBool::new(false));
-        let (evict, evicted) = oneshot::channel();
-        let mut queue = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Connections that sent a request or closed are no candidates: drop
-        // them once they could outnumber the open ones.
-        if queue.len() >= max_connections {
-            queue.retain(Candidate::eligible);
-        }
-        queue.push_back(Candidate {
-            active: Arc::clone(&active),
-            evict,
+/// Every open connection, oldest first.
+#[derive(Clone, Default)]
+struct Open(Arc<Mutex<Vec<Weak<Connection>>>>);
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Connection>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection that must send its first headers within
+    /// `header_read_timeout`; returns it and the signal that closes it.
+    fn push(
+        &self,
+        max_connections: usize,
+        header_read_timeout: Duration,
+    ) -> (Arc<Connection>, oneshot::Receiver<()>) {
+        let (close, closed) = oneshot::channel();
+        let connection = Arc::new(Connection {
+            active: AtomicBool::new(false),
+            deadline: AtomicU64::new(deadline_after(header_read_timeout)),
+            close: Mutex::new(Some(close)),
         });
-        (active, evicted)
+        let mut open = self.lock();
+        // Closed connections go when they could outnumber the open ones.
+        if open.len() >= max_connections {
+            open.retain(|connection| connection.strong_count() > 0);
+        }
+        open.push(Arc::downgrade(&connection));
+        (connection, closed)
     }
 
     /// Closes the oldest connection that has not sent a request; false if there is none.
     fn evict_oldest(&self) -> bool {
-        let mut queue = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(candidate) = queue.pop_front() {
-            if candidate.eligible() && candidate.evict.send(()).is_ok() {
-                tracing::debug!("closed the oldest connection without a request to make room");
-                return true;
-            }
+        let open = self.lock();
+        let oldest = open
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|connection| connection.evictable());
+        drop(open);
+        let evicted = oldest.is_some_and(|connection| connection.close());
+        if evicted {
+            tracing::debug!("closed the oldest connection without a request to make room");
         }
-        false
+        evicted
+    }
+
+    /// Closes every connection past its deadline; forgets the closed ones.
+    fn close_overdue(&self) {
+        let now = now_ms();
+        self.lock().retain(|connection| {
+            let Some(connection) = connection.upgrade() else {
+                return false;
+            };
+            if connection.deadline.load(Ordering::Relaxed) <= now && connection.close() {
+                tracing::debug!("closed a connection that sent no complete request in time");
+            }
+            true
+        });
+    }
+
+    /// Runs [`Open::close_overdue`] [`CHECKS_PER_TIMEOUT`] times per `timeout`, for ever.
+    async fn close_late(self, timeout: Duration) {
+        let mut checks = tokio::time::interval(timeout / CHECKS_PER_TIMEOUT);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            self.close_overdue();
+        }
     }
 }
 
-/// Flags its connection as active on the first request, so it is never
-/// evicted, and gives each request the peer's address as axum's [`ConnectInfo`].
+/// Keeps its connection's deadline: none while a request is answered, then
+/// `header_read_timeout` for the next request's headers (which also bounds
+/// how long it may stay idle). Flags the connection as active on its first
+/// request, so it is never evicted, and gives each request the peer's
+/// address as axum's [`ConnectInfo`].
 #[derive(Clone)]
-struct MarkActive<S> {
+struct Tracked<S> {
     inner: S,
-    active: Arc<AtomicBool>,
+    connection: Arc<Connection>,
+    header_read_timeout: Duration,
     peer: SocketAddr,
 }
 
-impl<S, B> hyper::service::Service<hyper::Request<B>> for MarkActive<S>
+impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
 where
     S: hyper::service::Service<hyper::Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Answering<S::Future>;
 
     fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
-        self.active.store(true, Ordering::Relaxed);
+        self.connection.active.store(true, Ordering::Relaxed);
+        self.connection.deadline.store(ANSWERING, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        self.inner.call(request)
+        Answering {
+            inner: self.inner.call(request),
+            connection: Arc::clone(&self.connection),
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer; once it is ready, the connection's next deadline starts.
+    struct Answering<F> {
+        #[pin]
+        inner: F,
+        connection: Arc<Connection>,
+        header_read_timeout: Duration,
+    }
+}
+
+impl<F: Future> Future for Answering<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        this.connection
+            .deadline
+            .store(deadline_after(*this.header_read_timeout), Ordering::Relaxed);
+        Poll::Ready(answer)
     }
 }
 
@@ -217,34 +324,54 @@ fn file_limit() -> usize {
 mod tests {
     use super::*;
 
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
     #[test]
     fn the_oldest_connection_without_a_request_is_evicted_first() {
-        let waiting = Waiting::default();
-        let (first_active, mut first) = waiting.push(10);
-        let (_, mut second) = waiting.push(10);
-        let (_, mut third) = waiting.push(10);
-        first_active.store(true, Ordering::Relaxed);
+        let open = Open::default();
+        let (first, mut first_closed) = open.push(10, TIMEOUT);
+        let (_second, mut second_closed) = open.push(10, TIMEOUT);
+        let (third, mut third_closed) = open.push(10, TIMEOUT);
+        first.active.store(true, Ordering::Relaxed);
 
-        assert!(waiting.evict_oldest());
+        assert!(open.evict_oldest());
         assert!(
-            first.try_recv().is_err(),
+            first_closed.try_recv().is_err(),
             "an active connection was evicted"
         );
-        assert!(second.try_recv().is_ok());
-        assert!(third.try_recv().is_err());
-        drop(third);
+        assert!(second_closed.try_recv().is_ok());
+        assert!(third_closed.try_recv().is_err());
+        drop((third, third_closed));
         assert!(
-            !waiting.evict_oldest(),
+            !open.evict_oldest(),
             "a closed connection counts as a candidate"
         );
     }
 
     #[test]
     fn closed_connections_do_not_accumulate() {
-        let waiting = Waiting::default();
+        let open = Open::default();
         for _ in 0..100 {
-            let _closed = waiting.push(8);
+            let _closed = open.push(8, TIMEOUT);
         }
-        assert!(waiting.0.lock().unwrap().len() <= 9);
+        assert!(open.lock().len() <= 9);
+    }
+
+    #[test]
+    fn only_connections_past_their_deadline_are_closed() {
+        let open = Open::default();
+        let (overdue, mut overdue_closed) = open.push(10, TIMEOUT);
+        let (answering, mut answering_closed) = open.push(10, TIMEOUT);
+        let (_waiting, mut waiting_closed) = open.push(10, TIMEOUT);
+        overdue.deadline.store(now_ms(), Ordering::Relaxed);
+        answering.deadline.store(ANSWERING, Ordering::Relaxed);
+
+        open.close_overdue();
+        assert!(overdue_closed.try_recv().is_ok());
+        assert!(answering_closed.try_recv().is_err());
+        assert!(waiting_closed.try_recv().is_err());
+        drop((overdue, overdue_closed));
+        open.close_overdue();
+        assert_eq!(open.lock().len(), 2, "a closed connection is still tracked");
     }
 }

@@ -1,11 +1,16 @@
 //! No single client can exhaust a function: idle connections under a small
-//! open-file limit, and a burst far past the in-flight limit.
+//! open-file limit, headers sent too slowly, and a burst far past the
+//! in-flight limit.
 
 use std::time::{Duration, Instant};
 
 use finapp_tests::{FunctionProcess, TestEnv, function_binary, send};
 use reqwest::Method;
-use tokio::{io::AsyncReadExt as _, net::TcpStream, process::Command};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    process::Command,
+};
 
 #[tokio::test]
 async fn idle_connections_past_the_file_limit_never_keep_a_real_request_out() {
@@ -69,6 +74,113 @@ async fn idle_connections_past_the_file_limit_never_keep_a_real_request_out() {
     // Room is made before the limit is reached, so accept never fails here;
     // if it did, it would be logged.
     assert_eq!(refusals, 0, "{:?}", function.process.output());
+}
+
+/// Reads from `stream` until the server closes it; how long that took, or
+/// `None` if it stayed open until `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let left = limit.checked_sub(started.elapsed())?;
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Sends one keep-alive `GET /healthz` on `stream` and reads its answer.
+async fn healthz(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: function\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.ends_with(b"}") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("no answer within 5 s")
+            .unwrap();
+        assert!(read > 0, "closed before answering");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn headers_sent_too_slowly_or_an_idle_keep_alive_are_closed_and_a_busy_one_is_not() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let env = TestEnv::new();
+    let mut command = Command::new(function_binary("status"));
+    command
+        .env_clear()
+        .env("PORT", "0")
+        .env(
+            "HTTP_HEADER_READ_TIMEOUT_MS",
+            TIMEOUT.as_millis().to_string(),
+        )
+        .envs(env.vars());
+    let function = FunctionProcess::spawn(command).await;
+    let address = function.base_url.trim_start_matches("http://").to_owned();
+
+    // A slow loris: a header byte every 100 ms, never a complete request.
+    let mut loris = TcpStream::connect(&address).await.unwrap();
+    let trickle = async {
+        loris
+            .write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if loris.write_all(b"a").await.is_err() {
+                return Some(started.elapsed());
+            }
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(100), loris.read(&mut byte)).await
+            {
+                return Some(started.elapsed());
+            }
+        }
+        None
+    };
+    // A keep-alive connection that goes quiet after one request.
+    let mut quiet = TcpStream::connect(&address).await.unwrap();
+    let idle = async {
+        healthz(&mut quiet).await;
+        closed_within(&mut quiet, Duration::from_secs(10)).await
+    };
+    // One that keeps sending requests, each well within the timeout, for
+    // three times the timeout.
+    let mut busy = TcpStream::connect(&address).await.unwrap();
+    let steady = async {
+        let started = Instant::now();
+        while started.elapsed() < 3 * TIMEOUT {
+            healthz(&mut busy).await;
+            tokio::time::sleep(TIMEOUT / 10).await;
+        }
+    };
+    let (trickled, idled, ()) = tokio::join!(trickle, idle, steady);
+
+    let trickled = trickled.expect("the slow loris was still connected after 10 s");
+    assert!(
+        trickled >= TIMEOUT * 8 / 10,
+        "the slow loris was closed after {trickled:?}, before its timeout"
+    );
+    let idled = idled.expect("the idle keep-alive was still open after 10 s");
+    assert!(
+        idled >= TIMEOUT * 8 / 10,
+        "the idle keep-alive was closed after {idled:?}, before its timeout"
+    );
+    // The busy one is still served.
+    healthz(&mut busy).await;
 }
 
 #[tokio::test]
