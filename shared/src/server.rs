@@ -58,6 +58,11 @@ pub async fn run(
         .max_connections
         .min(file_limit().saturating_sub(RESERVED_FILES))
         .max(1);
+    // Handlers added to a router without state (the fallbacks, the probes)
+    // become routes here, once; served as they are, axum would make them
+    // (and wrap them in every layer) again for each request, as
+    // `axum::serve` avoids by doing this once per connection.
+    let app: Router = app.with_state(());
     let http = hyper::server::conn::http1::Builder::new();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
