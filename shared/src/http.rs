@@ -514,6 +514,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
+        let in_flight = metrics::Queued::enter(metrics::in_flight());
         let template = request.extensions().get::<MatchedPath>().cloned();
         let identity = Identity::of(&request, template.as_ref());
         let line = AccessLine {
@@ -524,28 +525,64 @@ where
         // Made now, run later: an axum route's future does nothing until
         // polled, and is dropped unpolled if the request is refused.
         let call = self.inner.call(request);
-        let route = Arc::clone(&self.route);
-        Box::pin(async move {
-            let in_flight = metrics::Queued::enter(metrics::in_flight());
-            let (response, elapsed) = identity
-                .run(limited(call, &route.limits, started), line)
-                .await;
-            drop(in_flight);
-            let template = template
-                .as_ref()
-                .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-            route.finished(template, response.status(), elapsed);
-            if under_lambda() {
-                metrics::emf::print(&metrics::emf::request_line(
-                    metrics::emf::now_ms(),
-                    metrics::function(),
-                    template,
-                    metrics::status_class(response.status()),
-                    elapsed.as_secs_f64(),
-                ));
-            }
-            Ok(response)
+        let limited = match InFlight::enter(&self.route.limits) {
+            Some(place) => Limited::Running {
+                deadline: Deadline {
+                    inner: call,
+                    at: started + self.route.limits.timeout,
+                    timer: None,
+                },
+                _place: place,
+            },
+            None => Limited::Refused,
+        };
+        Box::pin(Answer {
+            run: identity.run(limited, line),
+            route: Arc::clone(&self.route),
+            template,
+            in_flight: Some(in_flight),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request through the [`Edge`], as one future rather than nested
+    /// `async` blocks: each of those would move the route's future (which
+    /// holds the whole request until first polled) into itself once more.
+    struct Answer<F> {
+        #[pin]
+        run: Run<F>,
+        route: Arc<EdgeRoute>,
+        template: Option<MatchedPath>,
+        in_flight: Option<metrics::Queued>,
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let (response, elapsed) = std::task::ready!(this.run.poll(cx));
+        this.in_flight.take();
+        let template = this
+            .template
+            .as_ref()
+            .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+        this.route.finished(template, response.status(), elapsed);
+        if under_lambda() {
+            metrics::emf::print(&metrics::emf::request_line(
+                metrics::emf::now_ms(),
+                metrics::function(),
+                template,
+                metrics::status_class(response.status()),
+                elapsed.as_secs_f64(),
+            ));
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -582,6 +619,8 @@ struct AccessLine {
 
 /// The header every response echoes the request's id in.
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+/// The W3C trace context header, read from callers and answered while exporting.
+const TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
 
 impl Identity {
     fn of(request: &Request, route: Option<&MatchedPath>) -> Self {
@@ -637,55 +676,130 @@ impl Identity {
         }
     }
 
-    /// Runs `response` as this request, logs its access line, and echoes
-    /// the id; returns the response and how long it took.
-    async fn run(
-        self,
-        response: impl Future<Output = Response>,
-        line: AccessLine,
-    ) -> (Response, Duration) {
-        let spanned = self.span.is_some();
-        let completed = async move {
-            let response = response.await;
-            let latency = line.started.elapsed();
-            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            let status = response.status().as_u16();
-            let (method, path) = (&line.method, line.uri.path());
-            if latency >= SLOW_REQUEST {
-                tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
-            } else {
-                tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
-            }
-            if spanned {
-                let span = tracing::Span::current();
-                span.record("http.response.status_code", status);
-                if response.status().is_server_error() {
-                    span.record("otel.status_code", "error");
+    /// Runs `limited` as this request: logs its access line and echoes the id.
+    fn run<F>(self, limited: Limited<F>, line: AccessLine) -> Run<F>
+    where
+        F: Future<Output = Result<Response, Infallible>>,
+    {
+        match self.span {
+            Some((span, own)) => Run::Spanned {
+                logged: Logged {
+                    limited,
+                    line,
+                    spanned: true,
                 }
-            }
-            (response, latency)
-        };
-        let (mut response, latency, request_id) = match self.span {
-            Some((span, own)) => {
-                let (mut response, latency) = completed.instrument(span).await;
+                .instrument(span),
+                request_id: Some(self.request_id),
+                own,
+            },
+            None => Run::Scoped {
+                logged: telemetry::in_request(
+                    telemetry::RequestIds {
+                        request_id: self.request_id,
+                        trace_id: self.caller.map(|caller| caller.trace_id),
+                    },
+                    Logged {
+                        limited,
+                        line,
+                        spanned: false,
+                    },
+                ),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request as [`Identity::run`] runs it: in its span while spans are
+    /// exported, otherwise with its ids in the task-local the log lines read.
+    #[project = RunProjection]
+    enum Run<F> {
+        Spanned {
+            #[pin]
+            logged: tracing::instrument::Instrumented<Logged<F>>,
+            request_id: Option<HeaderValue>,
+            own: Option<TraceParent>,
+        },
+        Scoped {
+            #[pin]
+            logged: tokio::task::futures::TaskLocalFuture<telemetry::RequestIds, Logged<F>>,
+        },
+    }
+}
+
+impl<F> Future for Run<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    /// The response, with its id, and how long it took.
+    type Output = (Response, Duration);
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let (mut response, latency, request_id) = match self.project() {
+            RunProjection::Spanned {
+                logged,
+                request_id,
+                own,
+            } => {
+                let (mut response, latency) = std::task::ready!(logged.poll(cx));
                 if let Some(value) =
                     own.and_then(|own| HeaderValue::from_str(&own.to_string()).ok())
                 {
-                    response.headers_mut().insert("traceparent", value);
+                    response.headers_mut().insert(TRACEPARENT, value);
                 }
-                (response, latency, self.request_id)
+                (response, latency, request_id.take())
             }
-            None => {
-                let ids = telemetry::RequestIds {
-                    request_id: self.request_id,
-                    trace_id: self.caller.map(|caller| caller.trace_id),
-                };
-                let ((response, latency), ids) = telemetry::in_request(ids, completed).await;
-                (response, latency, ids.request_id)
+            RunProjection::Scoped { mut logged } => {
+                let (response, latency) = std::task::ready!(logged.as_mut().poll(cx));
+                let ids = logged.take_value();
+                (response, latency, ids.map(|ids| ids.request_id))
             }
         };
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
-        (response, latency)
+        if let Some(request_id) = request_id {
+            response.headers_mut().insert(X_REQUEST_ID, request_id);
+        }
+        Poll::Ready((response, latency))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer, then its access line (and, in a span, its status), logged
+    /// inside the request.
+    struct Logged<F> {
+        #[pin]
+        limited: Limited<F>,
+        line: AccessLine,
+        spanned: bool,
+    }
+}
+
+impl<F> Future for Logged<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = (Response, Duration);
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.limited.poll(cx));
+        let line = &*this.line;
+        let latency = line.started.elapsed();
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let status = response.status().as_u16();
+        let (method, path) = (&line.method, line.uri.path());
+        if latency >= SLOW_REQUEST {
+            tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
+        } else {
+            tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
+        }
+        if *this.spanned {
+            let span = tracing::Span::current();
+            span.record("http.response.status_code", status);
+            if response.status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
+        Poll::Ready((response, latency))
     }
 }
 
@@ -693,33 +807,45 @@ impl Identity {
 fn new_request_id() -> HeaderValue {
     let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+    let bytes = axum::body::Bytes::copy_from_slice(text.as_bytes());
+    // SAFETY: a hyphenated UUID is lowercase hex digits and hyphens, all
+    // visible ASCII, which is what a header value may hold. Checking its 36
+    // bytes again cost more than making the UUID.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
-/// Step 3 of [`Edge`]: the route's response, unless `limits` refuse the
-/// request or its time (from `started`) runs out.
-async fn limited(
-    call: impl Future<Output = Result<Response, Infallible>>,
-    limits: &EdgeLimits,
-    started: Instant,
-) -> Response {
-    let Some(_slot) = InFlight::enter(limits) else {
-        return ApiError::Unavailable("too many requests in flight; try again shortly".into())
-            .into_response();
-    };
-    match (Deadline {
-        inner: call,
-        at: started + limits.timeout,
-        timer: None,
-    })
-    .await
-    {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(TimedOut) => {
-            ApiError::Unavailable("the request took too long; try again shortly".into())
-                .into_response()
-        }
+pin_project_lite::pin_project! {
+    /// Step 3 of [`Edge`]: the route's response, unless the in-flight limit
+    /// refused the request or its time runs out (503 either way).
+    #[project = LimitedProjection]
+    enum Limited<F> {
+        Refused,
+        Running {
+            #[pin]
+            deadline: Deadline<F>,
+            _place: InFlight,
+        },
+    }
+}
+
+impl<F> Future for Limited<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Response;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Response> {
+        let refusal = match self.project() {
+            LimitedProjection::Refused => "too many requests in flight; try again shortly",
+            LimitedProjection::Running { deadline, .. } => {
+                match std::task::ready!(deadline.poll(cx)) {
+                    Ok(Ok(response)) => return Poll::Ready(response),
+                    Ok(Err(never)) => match never {},
+                    Err(TimedOut) => "the request took too long; try again shortly",
+                }
+            }
+        };
+        Poll::Ready(ApiError::Unavailable(refusal.into()).into_response())
     }
 }
 
@@ -759,12 +885,12 @@ impl<F: Future> Future for Deadline<F> {
 }
 
 /// One of the `max_in_flight` places, held while a request runs.
-struct InFlight<'a>(&'a AtomicUsize);
+struct InFlight(Arc<EdgeLimits>);
 
-impl<'a> InFlight<'a> {
-    fn enter(limits: &'a EdgeLimits) -> Option<Self> {
+impl InFlight {
+    fn enter(limits: &Arc<EdgeLimits>) -> Option<Self> {
         if limits.in_flight.fetch_add(1, Ordering::AcqRel) < limits.max_in_flight {
-            Some(Self(&limits.in_flight))
+            Some(Self(Arc::clone(limits)))
         } else {
             limits.in_flight.fetch_sub(1, Ordering::AcqRel);
             None
@@ -772,9 +898,9 @@ impl<'a> InFlight<'a> {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -788,7 +914,7 @@ fn caller_trace(request: &Request, under_lambda: bool) -> Option<TraceParent> {
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    if let Some(value) = header("traceparent") {
+    if let Some(value) = header(TRACEPARENT) {
         return TraceParent::parse(value);
     }
     if !under_lambda {
@@ -799,7 +925,10 @@ fn caller_trace(request: &Request, under_lambda: bool) -> Option<TraceParent> {
         .lambda_context_ref()
         .and_then(|context| context.xray_trace_id.as_deref())
         .and_then(TraceParent::from_xray)
-        .or_else(|| header("x-amzn-trace-id").and_then(TraceParent::from_xray))
+        .or_else(|| {
+            header(header::HeaderName::from_static("x-amzn-trace-id"))
+                .and_then(TraceParent::from_xray)
+        })
 }
 
 /// Exports the spans of each invocation before returning its response: Lambda
@@ -927,11 +1056,11 @@ mod tests {
 
     #[test]
     fn at_most_max_in_flight_places_are_held_at_once() {
-        let limits = EdgeLimits {
+        let limits = Arc::new(EdgeLimits {
             in_flight: AtomicUsize::new(0),
             max_in_flight: 2,
             timeout: Duration::from_secs(1),
-        };
+        });
         let first = InFlight::enter(&limits).expect("a first place");
         let second = InFlight::enter(&limits).expect("a second place");
         assert!(InFlight::enter(&limits).is_none());

@@ -291,14 +291,13 @@ tokio::task_local! {
 
 /// Runs `future` as the request `ids` names: every line it logs (on its own
 /// task) carries them as a `request` entry first in its `spans`, as a line
-/// logged inside a request span does. Gives the ids back with the output.
-pub async fn in_request<F: Future>(ids: RequestIds, future: F) -> (F::Output, RequestIds) {
-    let mut scoped = std::pin::pin!(REQUEST.scope(ids, future));
-    let output = scoped.as_mut().await;
-    let ids = scoped
-        .take_value()
-        .expect("a scope holds its value until it is taken");
-    (output, ids)
+/// logged inside a request span does. Once it is done, `take_value` gives
+/// the ids back.
+pub fn in_request<F: Future>(
+    ids: RequestIds,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<RequestIds, F> {
+    REQUEST.scope(ids, future)
 }
 
 /// One JSON object per line, as tracing-subscriber's JSON format writes it
