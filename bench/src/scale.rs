@@ -354,9 +354,15 @@ impl Bench<'_> {
             self.record("scale", &load, "apply");
             self.warm_up(&load, "apply")?;
             let events = Arc::new(Publisher::new(&self.fixture.config_in(&space)?));
+            // The ceiling writes as other users: its thousands of pending
+            // applications would otherwise be what the route's own
+            // pending-applications count reads for every writer.
+            let ceiling_writers: Vec<String> = (0..PROBE_USERS)
+                .map(|i| format!("scale_ceiling_{i:02}"))
+                .collect();
             let ceiling = rt.block_on(ceilings::apply_writes(
                 &store,
-                &writers,
+                &ceiling_writers,
                 &writer_tokens,
                 None,
                 concurrency,

@@ -490,7 +490,7 @@ impl EdgeRoute {
 ///    line as well.
 /// 2. **Identity** ([`Identity`]): its id, echoed in `x-request-id` and on
 ///    every line it logs, and its span while spans are exported.
-/// 3. **Limits** ([`limited`]): refused with 503 when `max_in_flight`
+/// 3. **Limits** ([`Limited`]): refused with 503 when `max_in_flight`
 ///    requests are already running, and answered 503 when it takes longer
 ///    than the timeout.
 #[derive(Clone)]
