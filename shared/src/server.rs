@@ -9,10 +9,10 @@
 //!
 //! The deadline is kept here rather than by hyper's `header_read_timeout`,
 //! which arms and drops a timer for every request and makes the connection
-//! poll its socket once more per request: about a fifth of a cheap request's
-//! cost (BENCHMARKS.md, section 3). Here a request stores one number when it
-//! starts and one when it is answered, and one task looks at every
-//! connection's deadline a few times per timeout.
+//! try to parse a request head once more per request (three parses instead of
+//! two under callgrind; BENCHMARKS.md, section 3). Here a request stores one
+//! number when it starts and one when it is answered, and one task looks at
+//! every connection's deadline a few times per timeout.
 
 use std::{
     future::Future,
@@ -68,7 +68,8 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(max_connections));
     let open = Open::default();
     let header_read_timeout = limits.header_read_timeout;
-    let deadlines = tokio::spawn(open.clone().close_late(header_read_timeout));
+    // Stopped with the server, also when this future is dropped unfinished.
+    let _deadlines = AbortOnDrop(tokio::spawn(open.clone().close_late(header_read_timeout)));
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
@@ -122,7 +123,15 @@ pub async fn run(
     {
         tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
-    deadlines.abort();
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A connection's deadline while one of its requests is being answered: none.
