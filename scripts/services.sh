@@ -56,14 +56,28 @@ FERRETDB_BIN="$STATE/bin/finapp-ferretdb"
 # Tests start private FerretDB instances of their own with this binary.
 export FINAPP_FERRETDB_BIN="$FERRETDB_BIN"
 install_ferretdb() {
-  local stamp
-  stamp="$(cat "$ROOT"/tools/ferretdb/{main.go,go.mod,go.sum} | sha256sum | cut -d' ' -f1)"
+  local stamp tool="$ROOT/tools/ferretdb" src="$STATE/src" module
+  stamp="$(cat "$tool"/{main.go,go.mod,go.sum,pushdown.patch} | sha256sum | cut -d' ' -f1)"
   [ -x "$FERRETDB_BIN" ] && [ "$(cat "$FERRETDB_BIN.source" 2>/dev/null)" = "$stamp" ] && return
-  log "building FerretDB v1.24.2 from the Go module proxy (pinned in tools/ferretdb/go.mod)"
-  # tools/ferretdb/main.go explains why this wraps FerretDB's embeddable package.
-  mkdir -p "$STATE/bin"
-  (cd "$ROOT/tools/ferretdb" && go build -o "$FERRETDB_BIN" .)
+  log "building FerretDB v1.24.2 from the Go module proxy (pinned in tools/ferretdb/go.mod), with tools/ferretdb/pushdown.patch"
+  # tools/ferretdb/main.go explains why this wraps FerretDB's embeddable
+  # package. The patch is applied to a copy of the module under $STATE/src,
+  # and a copy of go.mod points at it, so tools/ferretdb stays as committed.
+  module="$(cd "$tool" && go mod download -json github.com/FerretDB/FerretDB | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$module" ] || { log "go mod download did not give FerretDB's source directory"; return 1; }
+  rm -rf "$src" && mkdir -p "$src" "$STATE/bin"
+  cp -R "$module" "$src/FerretDB" && chmod -R u+w "$src/FerretDB"
+  if ! command -v patch >/dev/null; then
+    log "installing patch from Debian"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq patch >/dev/null
+  fi
+  patch -d "$src/FerretDB" -p1 --forward --quiet <"$tool/pushdown.patch"
+  cp "$tool/go.mod" "$src/go.mod" && cp "$tool/go.sum" "$src/go.sum"
+  (cd "$tool" && go mod edit -modfile="$src/go.mod" -replace="github.com/FerretDB/FerretDB=$src/FerretDB" &&
+    go build -modfile="$src/go.mod" -o "$FERRETDB_BIN" .)
   echo "$stamp" >"$FERRETDB_BIN.source"
+  FERRETDB_REBUILT=1
 }
 
 # Debian's server binaries (initdb, pg_ctl), newest major version first.
@@ -180,6 +194,11 @@ install_moto() {
 }
 
 start_ferretdb() {
+  # A FerretDB started from the build this one replaces is stopped first.
+  if [ -n "${FERRETDB_REBUILT:-}" ] && pkill -f -- "^$FERRETDB_BIN "; then
+    log "stopping the FerretDB built before tools/ferretdb changed"
+    for _ in $(seq 100); do port_open "$MONGODB_PORT" || break; sleep 0.1; done
+  fi
   port_open "$MONGODB_PORT" && return
   local backend_args
   case "$BACKEND" in

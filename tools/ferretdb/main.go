@@ -6,10 +6,13 @@
 // built outside FerretDB's own repository panics at start-up for want of the
 // build/version/version.txt file its release tooling generates.
 //
-// The default handler is postgresql: it pushes filters, sorts and limits down
-// to SQL and uses indexes, so a query's cost follows what it returns. The
-// sqlite handler scans whole collections (explain reports filterPushdown
-// false); it stays selectable for a machine without PostgreSQL.
+// The default handler is postgresql: it pushes equality filters down to SQL,
+// where indexes serve them. scripts/services.sh builds this command against a
+// copy of the module with pushdown.patch applied, which also pushes down
+// ObjectID ranges on _id with their sort, skip, limit and count (the admin
+// listing's reads). The sqlite handler scans whole collections (explain
+// reports filterPushdown false); it stays selectable for a machine without
+// PostgreSQL.
 package main
 
 import (

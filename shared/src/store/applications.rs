@@ -191,9 +191,16 @@ impl Store {
     /// Keyset paging: the page is an `_id` range read from the `_id` index
     /// (`_id >= first`, `limit per_page`), never a skip over documents. Page N's
     /// first key is found by skipping N-1 pages of `_id` index keys in a covered
-    /// query (no document is read); page 1 needs no key. `total_items` is the
-    /// collection's count from its metadata (`estimatedDocumentCount`), since
-    /// counting every document would cost what the skip saves.
+    /// query (no document is read); page 1 starts at the smallest ObjectId.
+    /// `total_items` is the collection's count from its metadata
+    /// (`estimatedDocumentCount`), since counting every document would cost
+    /// what the skip saves.
+    ///
+    /// Both reads are ObjectId ranges on `_id`, even page 1's, because that is
+    /// the shape FerretDB (with `tools/ferretdb/pushdown.patch`) hands to
+    /// PostgreSQL whole, with its sort, skip and limit. Every application's
+    /// `_id` is an ObjectId (the original's and ours), so on MongoDB the range
+    /// selects what `{}` would.
     pub async fn page_applications(
         &self,
         page: PageRequest,
@@ -205,10 +212,10 @@ impl Store {
             .await
             .context("count applications")?;
         let documents = self.applications.clone_with_type::<Document>();
-        let mut filter = doc! {};
+        let mut filter = doc! { "_id": { "$gte": ObjectId::from_bytes([0; 12]) } };
         if page.skip() > 0 {
             let first = documents
-                .find_one(doc! {})
+                .find_one(filter.clone())
                 .max_time(self.read_limit)
                 .sort(doc! { "_id": 1 })
                 .skip(page.skip())
