@@ -108,7 +108,19 @@ pub async fn applications_of(store: &Store, user: &str) -> mongodb::error::Resul
         .await
 }
 
-/// `POST /apply`'s database writes with the raw driver: the application and
+/// Which of `POST /apply`'s database operations a ceiling iteration makes.
+#[derive(Clone, Copy, Debug)]
+pub enum ApplyOps {
+    /// The three writes: the application, its outbox record, the record's deletion.
+    Writes,
+    /// The handler's two reads first, through the same `Store` calls (the
+    /// caller exists; their pending applications, counted up to
+    /// `pending_cap`), then the three writes.
+    ReadsAndWrites { pending_cap: u64 },
+}
+
+/// `POST /apply`'s database operations with the raw driver: `ops` says
+/// whether the handler's reads are made; the writes are the application and
 /// its outbox record (the handler's), and the record's deletion (the relay's).
 /// When `events` is given, the event is also published with a confirm between
 /// the last two, as the relay does (a diagnostic, not the DB-bound ceiling).
@@ -117,6 +129,7 @@ pub async fn apply_writes(
     users: &[String],
     tokens: &[String],
     events: Option<Arc<Publisher>>,
+    ops: ApplyOps,
     concurrency: usize,
     duration: Duration,
 ) -> Figure {
@@ -128,7 +141,7 @@ pub async fn apply_writes(
         let events = events.clone();
         let (user, token) = accounts[(task + iteration) % accounts.len()].clone();
         async move {
-            apply_once(&store, events.as_deref(), &user, token)
+            apply_once(&store, events.as_deref(), ops, &user, token)
                 .await
                 .is_ok()
         }
@@ -146,9 +159,20 @@ enum ApplyFailure {
 async fn apply_once(
     store: &Store,
     events: Option<&Publisher>,
+    ops: ApplyOps,
     user: &str,
     token: String,
 ) -> Result<(), ApplyFailure> {
+    if let ApplyOps::ReadsAndWrites { pending_cap } = ops {
+        store
+            .user_exists(user)
+            .await
+            .map_err(|_| ApplyFailure::Store)?;
+        store
+            .pending_count(user, pending_cap)
+            .await
+            .map_err(|_| ApplyFailure::Store)?;
+    }
     let created = StatusChange::now(Status::Pending, user);
     let application = ApplicationDoc {
         loan_types: vec!["personal".into()],

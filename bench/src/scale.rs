@@ -234,17 +234,19 @@ impl Bench<'_> {
                 .expose_secret()
                 .to_owned(),
         ];
-        let writers: Vec<String> = (0..PROBE_USERS)
-            .map(|i| format!("scale_writer_{i:02}"))
-            .collect();
+        // `/apply` writes as the seeded users, each with its share of the
+        // applications (a third of them pending), as real writers would be:
+        // the route as the first half, its ceiling as the second, so neither
+        // one's new applications are what the other's pending count reads.
+        let (writers, ceiling_writers) = {
+            let mut seeded: Vec<String> = (0..users).map(|i| format!("user_{i:04}")).collect();
+            let second = seeded.split_off(users / 2);
+            (seeded, second)
+        };
         let writer_tokens: Vec<String> = writers
             .iter()
             .map(|user| keys.issue(user, Role::User).expose_secret().to_owned())
             .collect();
-        // User routes refuse a token whose user does not exist (the probes
-        // are among the seeded users).
-        self.runtime
-            .block_on(crate::fixture::insert_users(&store, &writers))?;
 
         let concurrency = settings.connections;
         let duration = settings.duration;
@@ -354,17 +356,14 @@ impl Bench<'_> {
             self.record("scale", &load, "apply");
             self.warm_up(&load, "apply")?;
             let events = Arc::new(Publisher::new(&self.fixture.config_in(&space)?));
-            // The ceiling writes as other users: its thousands of pending
-            // applications would otherwise be what the route's own
-            // pending-applications count reads for every writer.
-            let ceiling_writers: Vec<String> = (0..PROBE_USERS)
-                .map(|i| format!("scale_ceiling_{i:02}"))
-                .collect();
             let ceiling = rt.block_on(ceilings::apply_writes(
                 &store,
                 &ceiling_writers,
                 &writer_tokens,
                 None,
+                ceilings::ApplyOps::ReadsAndWrites {
+                    pending_cap: crate::fixture::MAX_PENDING_APPLICATIONS,
+                },
                 concurrency,
                 duration,
             ));

@@ -278,6 +278,7 @@ impl Bench<'_> {
                 &fixture.writers,
                 &fixture.writer_tokens,
                 events,
+                ceilings::ApplyOps::Writes,
                 concurrency,
                 duration,
             ))

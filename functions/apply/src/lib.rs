@@ -95,7 +95,7 @@ async fn submit(
     // Checked before the insert, so concurrent requests of one user can pass
     // the cap by at most their number; it bounds growth, not an exact count.
     let cap = deps.config.accounts.max_pending_applications;
-    if deps.store.pending_count(&user.username).await? >= cap {
+    if deps.store.pending_count(&user.username, cap).await? >= cap {
         return Err(ApiError::Conflict(format!(
             "you already have {cap} pending applications, the most allowed; \
              wait for a decision on them before applying again"

@@ -120,10 +120,15 @@ impl Store {
         Ok((applications, more))
     }
 
-    /// How many of `username`'s applications are pending.
-    pub async fn pending_count(&self, username: &str) -> Result<u64, StoreError> {
+    /// How many of `username`'s applications are pending, counting no
+    /// further than `at_most`: the answer is `at_most` whenever there are that
+    /// many or more. The count reads at most `at_most` index entries
+    /// (MongoDB) or documents (FerretDB, which counts what it reads), so a
+    /// user's backlog never makes the check dearer than the cap it enforces.
+    pub async fn pending_count(&self, username: &str, at_most: u64) -> Result<u64, StoreError> {
         self.applications
             .count_documents(doc! { "submitted_by": username, "status": Status::Pending.as_str() })
+            .limit(at_most)
             .max_time(self.read_limit)
             .await
             .context("count pending applications")
