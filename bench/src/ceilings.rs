@@ -113,17 +113,20 @@ pub async fn applications_of(store: &Store, user: &str) -> mongodb::error::Resul
 pub enum ApplyOps {
     /// The three writes: the application, its outbox record, the record's deletion.
     Writes,
-    /// The handler's two reads first, through the same `Store` calls (the
+    /// The handler's own four calls, through the same `Store` methods: the
     /// caller exists; their pending applications, counted up to
-    /// `pending_cap`), then the three writes.
-    ReadsAndWrites { pending_cap: u64 },
+    /// `pending_cap`; the application; its outbox record. The record's
+    /// deletion is the relay's, off the request path, batched and in the
+    /// background, so it is left out.
+    Handler { pending_cap: u64 },
 }
 
-/// `POST /apply`'s database operations with the raw driver: `ops` says
-/// whether the handler's reads are made; the writes are the application and
-/// its outbox record (the handler's), and the record's deletion (the relay's).
-/// When `events` is given, the event is also published with a confirm between
-/// the last two, as the relay does (a diagnostic, not the DB-bound ceiling).
+/// `POST /apply`'s database operations, as `ops` says: the three writes with
+/// the raw driver, the application and its outbox record (the handler's) and
+/// the record's deletion (the relay's); or the handler's own `Store` calls.
+/// When `events` is given (with `Writes`), the event is also published with a
+/// confirm between the last two writes, as the relay does (a diagnostic, not
+/// the DB-bound ceiling).
 pub async fn apply_writes(
     store: &Store,
     users: &[String],
@@ -163,15 +166,24 @@ async fn apply_once(
     user: &str,
     token: String,
 ) -> Result<(), ApplyFailure> {
-    if let ApplyOps::ReadsAndWrites { pending_cap } = ops {
-        store
-            .user_exists(user)
-            .await
-            .map_err(|_| ApplyFailure::Store)?;
-        store
-            .pending_count(user, pending_cap)
-            .await
-            .map_err(|_| ApplyFailure::Store)?;
+    if let ApplyOps::Handler { pending_cap } = ops {
+        let application = finapp_shared::finance::NewApplication {
+            loan_types: vec!["personal".into()],
+            amount: 15_000.0,
+            purpose: "Car purchase".into(),
+        };
+        let event = Event::new(
+            EventType::ApplicationSubmitted,
+            user,
+            format!("Application by {user} for 15000"),
+        );
+        let handler = async {
+            store.user_exists(user).await?;
+            store.pending_count(user, pending_cap).await?;
+            store.insert_application(&application, user).await?;
+            store.record_event(&event).await
+        };
+        return handler.await.map_err(|_| ApplyFailure::Store);
     }
     let created = StatusChange::now(Status::Pending, user);
     let application = ApplicationDoc {
