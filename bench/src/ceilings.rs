@@ -10,6 +10,7 @@ use std::{
 
 use finapp_broker::Publisher;
 use finapp_shared::{
+    auth::KnownUsers,
     events::{Event, EventType},
     finance::{PageRequest, Status},
     store::{AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store, collections},
@@ -113,12 +114,16 @@ pub async fn applications_of(store: &Store, user: &str) -> mongodb::error::Resul
 pub enum ApplyOps {
     /// The three writes: the application, its outbox record, the record's deletion.
     Writes,
-    /// The handler's own four calls, through the same `Store` methods: the
-    /// caller exists; their pending applications, counted up to
+    /// The handler's own calls, through the same `Store` methods: the caller
+    /// exists (unless found less than `user_check_cache` ago, as the
+    /// function remembers); their pending applications, counted up to
     /// `pending_cap`; the application; its outbox record. The record's
     /// deletion is the relay's, off the request path, batched and in the
     /// background, so it is left out.
-    Handler { pending_cap: u64 },
+    Handler {
+        pending_cap: u64,
+        user_check_cache: Duration,
+    },
 }
 
 /// `POST /apply`'s database operations, as `ops` says: the three writes with
@@ -139,12 +144,19 @@ pub async fn apply_writes(
     let store = store.clone();
     let accounts: Arc<Vec<(String, String)>> =
         Arc::new(users.iter().cloned().zip(tokens.iter().cloned()).collect());
+    let known = Arc::new(KnownUsers::new(match ops {
+        ApplyOps::Handler {
+            user_check_cache, ..
+        } => user_check_cache,
+        ApplyOps::Writes => Duration::ZERO,
+    }));
     closed_loop(concurrency, duration, move |task, iteration| {
         let store = store.clone();
         let events = events.clone();
+        let known = Arc::clone(&known);
         let (user, token) = accounts[(task + iteration) % accounts.len()].clone();
         async move {
-            apply_once(&store, events.as_deref(), ops, &user, token)
+            apply_once(&store, events.as_deref(), ops, &known, &user, token)
                 .await
                 .is_ok()
         }
@@ -163,10 +175,11 @@ async fn apply_once(
     store: &Store,
     events: Option<&Publisher>,
     ops: ApplyOps,
+    known: &KnownUsers,
     user: &str,
     token: String,
 ) -> Result<(), ApplyFailure> {
-    if let ApplyOps::Handler { pending_cap } = ops {
+    if let ApplyOps::Handler { pending_cap, .. } = ops {
         let application = finapp_shared::finance::NewApplication {
             loan_types: vec!["personal".into()],
             amount: 15_000.0,
@@ -178,7 +191,10 @@ async fn apply_once(
             format!("Application by {user} for 15000"),
         );
         let handler = async {
-            store.user_exists(user).await?;
+            if !known.is_fresh(user) {
+                store.user_exists(user).await?;
+                known.remember(user);
+            }
             store.pending_count(user, pending_cap).await?;
             store.insert_application(&application, user).await?;
             store.record_event(&event).await

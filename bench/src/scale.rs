@@ -69,7 +69,7 @@ impl Row {
             .collect();
         let mut order: Vec<usize> = (0..runs.len()).collect();
         order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
-        let (achieved, ceiling) = runs[order[order.len() / 2]].clone();
+        let (achieved, ceiling) = runs[order[order.len() / 2]];
         Self {
             route: route.to_owned(),
             achieved,
@@ -380,7 +380,8 @@ impl Bench<'_> {
             );
             self.record("scale", &load, "apply");
             self.warm_up(&load, "apply")?;
-            let events = Arc::new(Publisher::new(&self.fixture.config_in(&space)?));
+            let apply_config = self.fixture.config_in(&space)?;
+            let events = Arc::new(Publisher::new(&apply_config));
             let mut runs = Vec::new();
             for _ in 0..settings.runs.max(1) {
                 let ceiling = rt.block_on(ceilings::apply_writes(
@@ -389,7 +390,8 @@ impl Bench<'_> {
                     &writer_tokens,
                     None,
                     ceilings::ApplyOps::Handler {
-                        pending_cap: crate::fixture::MAX_PENDING_APPLICATIONS,
+                        pending_cap: apply_config.accounts.max_pending_applications,
+                        user_check_cache: apply_config.accounts.user_check_cache,
                     },
                     concurrency,
                     duration,
