@@ -50,6 +50,14 @@ show_log() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Installs Debian packages (apt-get's options may come first), through sudo
+# unless the caller is root.
+apt_install() {
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 # Built into $STATE/bin and rebuilt whenever tools/ferretdb changes, so an
 # older build (one without the postgresql handler, say) is never started.
 FERRETDB_BIN="$STATE/bin/finapp-ferretdb"
@@ -67,11 +75,7 @@ install_ferretdb() {
   [ -d "$module" ] || { log "go mod download did not give FerretDB's source directory"; return 1; }
   rm -rf "$src" && mkdir -p "$src" "$STATE/bin"
   cp -R "$module" "$src/FerretDB" && chmod -R u+w "$src/FerretDB"
-  if ! command -v patch >/dev/null; then
-    log "installing patch from Debian"
-    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq patch >/dev/null
-  fi
+  command -v patch >/dev/null || { log "installing patch from Debian"; apt_install patch; }
   patch -d "$src/FerretDB" -p1 --forward --quiet <"$tool/pushdown.patch"
   cp "$tool/go.mod" "$src/go.mod" && cp "$tool/go.sum" "$src/go.sum"
   (cd "$tool" && go mod edit -modfile="$src/go.mod" -replace="github.com/FerretDB/FerretDB=$src/FerretDB" &&
@@ -99,9 +103,7 @@ install_postgresql() {
     $sudo mkdir -p /etc/postgresql-common
     echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
   fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >/dev/null
+  apt_install -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql
   pg_bindir >/dev/null || { log "postgresql installed but no initdb under /usr/lib/postgresql"; return 1; }
 }
 
@@ -171,9 +173,7 @@ CONF
 install_rabbitmq() {
   command -v rabbitmq-server >/dev/null && return
   log "installing rabbitmq-server from Debian"
-  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >/dev/null
+  apt_install rabbitmq-server
 }
 
 install_cargo_lambda() {
