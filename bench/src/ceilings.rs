@@ -12,8 +12,10 @@ use finapp_broker::Publisher;
 use finapp_shared::{
     auth::KnownUsers,
     events::{Event, EventType},
-    finance::{PageRequest, Status},
-    store::{AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store, collections},
+    finance::{NewApplication, PageRequest, Status},
+    store::{
+        AnalyticsDoc, ApplicationDoc, OutboxRecord, StatusChange, Store, StoreError, collections,
+    },
 };
 use futures_util::TryStreamExt as _;
 use mongodb::{
@@ -156,9 +158,16 @@ pub async fn apply_writes(
         let known = Arc::clone(&known);
         let (user, token) = accounts[(task + iteration) % accounts.len()].clone();
         async move {
-            apply_once(&store, events.as_deref(), ops, &known, &user, token)
-                .await
-                .is_ok()
+            match ops {
+                ApplyOps::Writes => apply_once(&store, events.as_deref(), &user, token)
+                    .await
+                    .is_ok(),
+                ApplyOps::Handler { pending_cap, .. } => {
+                    handler_once(&store, &known, pending_cap, &user)
+                        .await
+                        .is_ok()
+                }
+            }
         }
     })
     .await
@@ -174,33 +183,9 @@ enum ApplyFailure {
 async fn apply_once(
     store: &Store,
     events: Option<&Publisher>,
-    ops: ApplyOps,
-    known: &KnownUsers,
     user: &str,
     token: String,
 ) -> Result<(), ApplyFailure> {
-    if let ApplyOps::Handler { pending_cap, .. } = ops {
-        let application = finapp_shared::finance::NewApplication {
-            loan_types: vec!["personal".into()],
-            amount: 15_000.0,
-            purpose: "Car purchase".into(),
-        };
-        let event = Event::new(
-            EventType::ApplicationSubmitted,
-            user,
-            format!("Application by {user} for 15000"),
-        );
-        let handler = async {
-            if !known.is_fresh(user) {
-                store.user_exists(user).await?;
-                known.remember(user);
-            }
-            store.pending_count(user, pending_cap).await?;
-            store.insert_application(&application, user).await?;
-            store.record_event(&event).await
-        };
-        return handler.await.map_err(|_| ApplyFailure::Store);
-    }
     let created = StatusChange::now(Status::Pending, user);
     let application = ApplicationDoc {
         loan_types: vec!["personal".into()],
@@ -244,6 +229,33 @@ async fn apply_once(
         .await
         .map_err(|_| ApplyFailure::Store)?;
     Ok(())
+}
+
+/// One `ApplyOps::Handler` iteration: the handler's `Store` calls in its order.
+async fn handler_once(
+    store: &Store,
+    known: &KnownUsers,
+    pending_cap: u64,
+    user: &str,
+) -> Result<(), StoreError> {
+    if !known.is_fresh(user) {
+        store.user_exists(user).await?;
+        known.remember(user);
+    }
+    store.pending_count(user, pending_cap).await?;
+    let application = NewApplication {
+        loan_types: vec!["personal".into()],
+        amount: 15_000.0,
+        purpose: "Car purchase".into(),
+    };
+    store.insert_application(&application, user).await?;
+    store
+        .record_event(&Event::new(
+            EventType::ApplicationSubmitted,
+            user,
+            format!("Application by {user} for 15000"),
+        ))
+        .await
 }
 
 /// notify-consumer's write with the raw driver: analytics documents shaped

@@ -396,11 +396,10 @@ impl Bench<'_> {
                     concurrency,
                     duration,
                 ));
-                runs.push((ceiling, load.run(&settings.scratch, "apply")?));
+                runs.push((load.run(&settings.scratch, "apply")?, ceiling));
             }
             rt.block_on(events.close());
             process.stop()?;
-            let runs = runs.into_iter().map(|(c, a)| (a, c)).collect();
             rows.push(Row::of("POST /apply", runs));
         }
         let mut growth = Vec::new();
