@@ -32,6 +32,7 @@ use tokio::{
     net::TcpListener,
     sync::{Semaphore, oneshot},
 };
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::HttpLimits;
 
@@ -69,7 +70,8 @@ pub async fn run(
     let open = Open::default();
     let header_read_timeout = limits.header_read_timeout;
     // Stopped with the server, also when this future is dropped unfinished.
-    let _deadlines = AbortOnDrop(tokio::spawn(open.clone().close_late(header_read_timeout)));
+    let _deadlines =
+        AbortOnDropHandle::new(tokio::spawn(open.clone().close_late(header_read_timeout)));
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
@@ -122,15 +124,6 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
-    }
-}
-
-/// Aborts its task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
