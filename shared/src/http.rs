@@ -17,16 +17,17 @@ use std::{
 use axum::{
     Router,
     extract::{
-        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request,
+        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::{HeaderValue, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{MethodRouter, get},
 };
 use lambda_http::RequestExt as _;
 use serde_json::json;
+use tower::Service as _;
 use tracing::Instrument as _;
 
 use crate::{
@@ -399,23 +400,76 @@ fn client_address(forwarded: &[&str], hops: usize, peer: Option<IpAddr>) -> Opti
     entry.trim().parse().ok().or(peer)
 }
 
+/// A function's routes: an axum [`Router`] that also keeps the path template
+/// of each route, so that [`app`] can name a request's route (for metrics and
+/// traces) without wrapping every route in a layer. `Router::layer` boxes
+/// each route once more and clones and boxes it again for every request,
+/// which cost a cheap request more than everything the edge does
+/// (BENCHMARKS.md, "The request path, piece by piece").
+pub struct Routes<S = ()> {
+    router: Router<S>,
+    templates: Vec<&'static str>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn new() -> Self {
+        Self {
+            router: Router::new(),
+            templates: Vec::new(),
+        }
+    }
+
+    /// As [`Router::route`]; `path` is also the route's template.
+    pub fn route(mut self, path: &'static str, method_router: MethodRouter<S>) -> Self {
+        self.router = self.router.route(path, method_router);
+        if !self.templates.contains(&path) {
+            self.templates.push(path);
+        }
+        self
+    }
+
+    /// As [`Router::merge`].
+    pub fn merge(mut self, other: Routes<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        for template in other.templates {
+            if !self.templates.contains(&template) {
+                self.templates.push(template);
+            }
+        }
+        self
+    }
+
+    /// As [`Router::with_state`].
+    pub fn with_state<S2>(self, state: S) -> Routes<S2> {
+        Routes {
+            router: self.router.with_state(state),
+            templates: self.templates,
+        }
+    }
+
+    /// The path templates, in the order they were added.
+    pub fn templates(&self) -> &[&'static str] {
+        &self.templates
+    }
+
+    pub fn into_router(self) -> Router<S> {
+        self.router
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Wraps a function's routes with what every function shares: JSON 404/405,
-/// the body limit, and [`Edge`] (metrics, the request id and trace on every
+/// the body limit, and the edge (metrics, the request id and trace on every
 /// log line, and the limits: at most `max_in_flight` requests at once, one
 /// more refused at once with 503 and `Retry-After`, each for at most
 /// `request_timeout`).
-pub fn app(routes: Router, limits: &HttpLimits) -> Router {
-    routes
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        // One `layer` call: axum wraps every route once per call, and each
-        // wrapper is cloned for every request. The in-flight count is shared,
-        // so all routes share one limit.
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(EdgeLayer::new(limits))
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
-        )
+pub fn app(routes: Routes, limits: &HttpLimits) -> App {
+    App::new(routes, None, limits)
 }
 
 /// The target of the per-request line: `RUST_LOG=info,access=debug` turns
@@ -424,66 +478,16 @@ pub const ACCESS_LOG_TARGET: &str = "access";
 /// A request slower than this is logged at `info` whatever the filter.
 pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// Makes an [`Edge`] of every route; they share one in-flight count.
-#[derive(Clone)]
-struct EdgeLayer(Arc<EdgeLimits>);
+/// The router with the body limit, which the edge wraps as a whole.
+type Limited64k = <DefaultBodyLimit as tower::Layer<Router>>::Service;
 
-struct EdgeLimits {
-    in_flight: AtomicUsize,
-    max_in_flight: usize,
-    timeout: Duration,
-}
-
-impl EdgeLayer {
-    fn new(limits: &HttpLimits) -> Self {
-        Self(Arc::new(EdgeLimits {
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: limits.max_in_flight,
-            timeout: limits.request_timeout,
-        }))
-    }
-}
-
-impl<S> tower::Layer<S> for EdgeLayer {
-    type Service = Edge<S>;
-
-    fn layer(&self, inner: S) -> Edge<S> {
-        Edge {
-            inner,
-            route: Arc::new(EdgeRoute {
-                limits: Arc::clone(&self.0),
-                metrics: OnceLock::new(),
-            }),
-        }
-    }
-}
-
-/// What an [`Edge`] keeps for its route.
-struct EdgeRoute {
-    limits: Arc<EdgeLimits>,
-    /// The route's metric handles, made on its first request. `Router::layer`
-    /// makes an `Edge` per route (and one for the fallback), so every request
-    /// it sees has the same template; one that does not gets its own handles.
-    metrics: OnceLock<metrics::RouteMetrics>,
-}
-
-impl EdgeRoute {
-    fn finished(&self, route: &str, status: StatusCode, elapsed: Duration) {
-        let metrics = self
-            .metrics
-            .get_or_init(|| metrics::RouteMetrics::of(route));
-        if metrics.route() == route {
-            metrics.finished(status, elapsed);
-        } else {
-            metrics::RouteMetrics::of(route).finished(status, elapsed);
-        }
-    }
-}
-
-/// What every request of every function goes through, in one service rather
-/// than a stack of middleware: each `from_fn` layer boxes and clones the rest
-/// of the stack per request, and tower's limit layers add a semaphore and an
-/// error type to map back. Per request, in order:
+/// A function as every request reaches it ([`app`]): the probes, if any, as
+/// they are, and every other request through the edge around the whole router.
+///
+/// What the edge does is one service rather than a stack of middleware: each
+/// `from_fn` layer boxes and clones the rest of the stack per request, and
+/// tower's limit layers add a semaphore and an error type to map back. Per
+/// request, in order:
 ///
 /// 1. **Metrics**: in flight while it runs; then counted by route template and
 ///    status class with its latency (refusals included); under Lambda an EMF
@@ -494,29 +498,93 @@ impl EdgeRoute {
 ///    requests are already running, and answered 503 when it takes longer
 ///    than the timeout.
 #[derive(Clone)]
-struct Edge<S> {
-    inner: S,
-    route: Arc<EdgeRoute>,
+pub struct App {
+    routes: Limited64k,
+    edge: Arc<Edge>,
 }
 
-impl<S> tower::Service<Request> for Edge<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+/// What every request through the edge shares.
+struct Edge {
+    limits: Arc<EdgeLimits>,
+    /// Each route's index in `names` by its template; the router matches the
+    /// same templates the same way (axum routes with matchit too).
+    templates: matchit::Router<usize>,
+    /// The route names by index: the templates, then [`metrics::UNMATCHED_ROUTE`].
+    names: Box<[&'static str]>,
+    /// Each route's metric handles, made on the first request, once the
+    /// function's recorder is installed.
+    metrics: OnceLock<Box<[metrics::RouteMetrics]>>,
+    /// Served outside the edge, so an overloaded process still answers them.
+    probes: Option<Routes>,
+}
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+struct EdgeLimits {
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    timeout: Duration,
+}
+
+impl App {
+    /// `routes` behind the edge, and `probes` beside it.
+    fn new(routes: Routes, probes: Option<Routes>, limits: &HttpLimits) -> Self {
+        let Routes { router, templates } = routes;
+        let mut table = matchit::Router::new();
+        for (index, template) in templates.iter().enumerate() {
+            table
+                .insert(*template, index)
+                .expect("axum accepted the same templates");
+        }
+        let names = templates
+            .into_iter()
+            .chain([metrics::UNMATCHED_ROUTE])
+            .collect();
+        // Handlers added without state (the fallbacks) become routes here,
+        // once; left as they are, axum would make them again per request.
+        let router = router
+            .fallback(|| async { ApiError::NotFound("no such route".into()) })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+            .with_state(());
+        let probes = probes.map(|probes| probes.with_state(()));
+        Self {
+            routes: tower::Layer::layer(&DefaultBodyLimit::max(MAX_BODY_BYTES), router),
+            edge: Arc::new(Edge {
+                limits: Arc::new(EdgeLimits {
+                    in_flight: AtomicUsize::new(0),
+                    max_in_flight: limits.max_in_flight,
+                    timeout: limits.request_timeout,
+                }),
+                templates: table,
+                names,
+                metrics: OnceLock::new(),
+                probes,
+            }),
+        }
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    /// Answers `request`.
+    pub(crate) fn answer<B>(&self, request: axum::http::Request<B>) -> Answer
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let request = request.map(axum::body::Body::new);
+        let path = request.uri().path();
+        if let Some(probes) = &self.edge.probes
+            && probes.templates.contains(&path)
+        {
+            let probe = probes.router.clone().call(request);
+            return Answer {
+                inner: Answering::Probe { probe },
+            };
+        }
         let started = Instant::now();
         let in_flight = metrics::Queued::enter(metrics::in_flight());
-        let template = request.extensions().get::<MatchedPath>().cloned();
-        let identity = Identity::of(&request, template.as_ref());
+        let edge = &self.edge;
+        let route = edge
+            .templates
+            .at(path)
+            .map_or(edge.names.len() - 1, |found| *found.value);
+        let identity = Identity::of(&request, edge.names[route]);
         let line = AccessLine {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -524,60 +592,119 @@ where
         };
         // Made now, run later: an axum route's future does nothing until
         // polled, and is dropped unpolled if the request is refused.
-        let call = self.inner.call(request);
-        let limited = match InFlight::enter(&self.route.limits) {
+        let call = self.routes.clone().call(request);
+        let limited = match InFlight::enter(&edge.limits) {
             Some(place) => Limited::Running {
                 deadline: Deadline {
                     inner: call,
-                    at: started + self.route.limits.timeout,
+                    at: started + edge.limits.timeout,
                     timer: None,
                 },
                 _place: place,
             },
             None => Limited::Refused,
         };
-        Box::pin(Answer {
-            run: identity.run(limited, line),
-            route: Arc::clone(&self.route),
-            template,
-            in_flight: Some(in_flight),
-        })
+        Answer {
+            inner: Answering::Edge {
+                run: identity.run(limited, line),
+                edge: Arc::clone(edge),
+                route,
+                in_flight: Some(in_flight),
+            },
+        }
+    }
+}
+
+impl crate::server::Answers for App {
+    type Future = Answer;
+
+    fn answer(&self, request: axum::http::Request<hyper::body::Incoming>) -> Answer {
+        App::answer(self, request)
+    }
+}
+
+impl Edge {
+    fn finished(&self, route: usize, status: StatusCode, elapsed: Duration) {
+        let metrics = self.metrics.get_or_init(|| {
+            self.names
+                .iter()
+                .map(|name| metrics::RouteMetrics::of(name))
+                .collect()
+        });
+        metrics[route].finished(status, elapsed);
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for App
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready, and the limits answer in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Answer {
+        self.answer(request)
+    }
+}
+
+type RouteFuture = <Limited64k as tower::Service<Request>>::Future;
+
+pin_project_lite::pin_project! {
+    /// One request's answer ([`App`]).
+    pub struct Answer {
+        #[pin]
+        inner: Answering,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// One request through the [`Edge`], as one future rather than nested
-    /// `async` blocks: each of those would move the route's future (which
-    /// holds the whole request until first polled) into itself once more.
-    struct Answer<F> {
-        #[pin]
-        run: Run<F>,
-        route: Arc<EdgeRoute>,
-        template: Option<MatchedPath>,
-        in_flight: Option<metrics::Queued>,
+    /// A probe's answer, or one through the edge, as one future rather than
+    /// nested `async` blocks: each of those would move the route's future
+    /// (which holds the whole request until first polled) into itself once more.
+    #[project = AnsweringProjection]
+    enum Answering {
+        Probe {
+            #[pin]
+            probe: axum::routing::future::RouteFuture<Infallible>,
+        },
+        Edge {
+            #[pin]
+            run: Run<RouteFuture>,
+            edge: Arc<Edge>,
+            route: usize,
+            in_flight: Option<metrics::Queued>,
+        },
     }
 }
 
-impl<F> Future for Answer<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
+impl Future for Answer {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let (response, elapsed) = std::task::ready!(this.run.poll(cx));
-        this.in_flight.take();
-        let template = this
-            .template
-            .as_ref()
-            .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-        this.route.finished(template, response.status(), elapsed);
+        let (run, edge, route, in_flight) = match self.project().inner.project() {
+            AnsweringProjection::Probe { probe } => return probe.poll(cx),
+            AnsweringProjection::Edge {
+                run,
+                edge,
+                route,
+                in_flight,
+            } => (run, edge, *route, in_flight),
+        };
+        let (response, elapsed) = std::task::ready!(run.poll(cx));
+        in_flight.take();
+        edge.finished(route, response.status(), elapsed);
         if under_lambda() {
             metrics::emf::print(&metrics::emf::request_line(
                 metrics::emf::now_ms(),
                 metrics::function(),
-                template,
+                edge.names[route],
                 metrics::status_class(response.status()),
                 elapsed.as_secs_f64(),
             ));
@@ -586,7 +713,7 @@ where
     }
 }
 
-/// Step 2 of [`Edge`]: who the request is: its id (Lambda's, the caller's
+/// Step 2 of the edge ([`App`]): who the request is: its id (Lambda's, the caller's
 /// `x-request-id`, or a new one), echoed in the response, and, while spans
 /// are exported, its span.
 ///
@@ -623,7 +750,7 @@ const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-requ
 const TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
 
 impl Identity {
-    fn of(request: &Request, route: Option<&MatchedPath>) -> Self {
+    fn of(request: &Request, route: &'static str) -> Self {
         let request_id = request
             .extensions()
             .lambda_context_ref()
@@ -646,7 +773,6 @@ impl Identity {
         }
         // Named for the trace viewer; these fields reach the logs only while
         // spans are exported.
-        let route = route.map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
         let span = tracing::info_span!(
             "request",
             request_id = request_id.to_str().unwrap_or_default(),
@@ -815,7 +941,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 pin_project_lite::pin_project! {
-    /// Step 3 of [`Edge`]: the route's response, unless the in-flight limit
+    /// Step 3 of the edge ([`App`]): the route's response, unless the in-flight limit
     /// refused the request or its time runs out (503 either way).
     #[project = LimitedProjection]
     enum Limited<F> {
@@ -997,17 +1123,23 @@ pub enum ServeError {
 /// (liveness: the process answers) and `GET /readyz` (readiness: MongoDB
 /// answers too), until SIGTERM or Ctrl-C, letting in-flight requests finish.
 pub async fn serve(
-    routes: Router,
+    routes: Routes,
     port: u16,
     limits: &HttpLimits,
     readiness: Arc<Readiness>,
 ) -> Result<(), ServeError> {
     if under_lambda() {
-        let mut app = app(routes, limits);
-        if telemetry::exporting() {
-            app = app.layer(middleware::from_fn(flush_traces));
-        }
-        return lambda_http::run(app).await.map_err(ServeError::Lambda);
+        let app = app(routes, limits);
+        let served = if telemetry::exporting() {
+            let app = tower::ServiceBuilder::new()
+                .map_request(|request: lambda_http::Request| request.map(axum::body::Body::new))
+                .layer(middleware::from_fn(flush_traces))
+                .service(app);
+            lambda_http::run(app).await
+        } else {
+            lambda_http::run(app).await
+        };
+        return served.map_err(ServeError::Lambda);
     }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
@@ -1017,12 +1149,13 @@ pub async fn serve(
         "listening"
     );
     // The probes stay outside the limits: an overloaded process is alive.
-    let app = app(routes, limits)
+    let probes = Routes::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(move || readiness.clone().answer()));
+    let app = App::new(routes, Some(probes), limits);
     crate::server::run(listener, app, limits, shutdown_signal()).await;
     Ok(())
 }

@@ -21,14 +21,12 @@ pub mod trace_context;
 
 use std::{process::ExitCode, sync::Arc};
 
-use axum::Router;
-
 pub use crate::deps::{Deps, StartError, bootstrap, load_config};
 
 /// A function's whole `main`: [`bootstrap`] and [`metrics::start`] under the
 /// name `function`, then serving the routes `build` returns in whichever
 /// runtime this process is in, then exporting the last spans.
-pub async fn run(function: &'static str, build: fn(Arc<Deps>) -> Router) -> ExitCode {
+pub async fn run(function: &'static str, build: fn(Arc<Deps>) -> http::Routes) -> ExitCode {
     let deps = match bootstrap(function).await {
         Ok(deps) => deps,
         Err(code) => return code,

@@ -15,6 +15,7 @@
 //! every connection's deadline a few times per timeout.
 
 use std::{
+    convert::Infallible,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -26,8 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, extract::ConnectInfo};
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, oneshot},
@@ -51,7 +53,7 @@ const CHECKS_PER_TIMEOUT: u32 = 10;
 /// requests finish (for up to [`SHUTDOWN_GRACE`]).
 pub async fn run(
     listener: TcpListener,
-    app: Router,
+    app: impl Answers,
     limits: &HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -59,11 +61,6 @@ pub async fn run(
         .max_connections
         .min(file_limit().saturating_sub(RESERVED_FILES))
         .max(1);
-    // Handlers added to a router without state (the fallbacks, the probes)
-    // become routes here, once; served as they are, axum would make them
-    // (and wrap them in every layer) again for each request, as
-    // `axum::serve` avoids by doing this once per connection.
-    let app: Router = app.with_state(());
     let http = hyper::server::conn::http1::Builder::new();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -99,7 +96,7 @@ pub async fn run(
         };
         let (connection, closed) = open.push(max_connections, header_read_timeout);
         let service = Tracked {
-            inner: TowerToHyperService::new(app.clone()),
+            app: app.clone(),
             connection,
             header_read_timeout,
             peer,
@@ -125,6 +122,15 @@ pub async fn run(
     {
         tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
     }
+}
+
+/// What the server serves: an answer for each request. `http::App` is the
+/// one the functions serve; asked through `&self`, it is not cloned per
+/// request as a tower service served through hyper-util would be.
+pub trait Answers: Clone + Send + Sync + 'static {
+    type Future: Future<Output = Result<axum::response::Response, Infallible>> + Send + 'static;
+
+    fn answer(&self, request: hyper::Request<Incoming>) -> Self::Future;
 }
 
 /// A connection's deadline while one of its requests is being answered: none.
@@ -252,27 +258,24 @@ impl Open {
 /// request, so it is never evicted, and gives each request the peer's
 /// address as axum's [`ConnectInfo`].
 #[derive(Clone)]
-struct Tracked<S> {
-    inner: S,
+struct Tracked<A> {
+    app: A,
     connection: Arc<Connection>,
     header_read_timeout: Duration,
     peer: SocketAddr,
 }
 
-impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
-where
-    S: hyper::service::Service<hyper::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Answering<S::Future>;
+impl<A: Answers> hyper::service::Service<hyper::Request<Incoming>> for Tracked<A> {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Answering<A::Future>;
 
-    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         self.connection.active.store(true, Ordering::Relaxed);
         self.connection.deadline.store(ANSWERING, Ordering::Relaxed);
         request.extensions_mut().insert(ConnectInfo(self.peer));
         Answering {
-            inner: self.inner.call(request),
+            inner: self.app.answer(request),
             connection: Arc::clone(&self.connection),
             header_read_timeout: self.header_read_timeout,
         }

@@ -5,7 +5,6 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command, sync::Arc};
 
-use axum::Router;
 use finapp_shared::Deps;
 use finapp_tests::{TestApp, TestEnv, openapi, routes::Table, workspace_root};
 
@@ -121,7 +120,7 @@ fn the_openapi_document_has_exactly_the_routes_of_routes_toml() {
 }
 
 /// Builds one function's routes.
-type BuildRouter = fn(Arc<Deps>) -> Router;
+type BuildRouter = fn(Arc<Deps>) -> finapp_shared::http::Routes;
 
 /// Each HTTP function's router, by its name in routes.toml.
 const ROUTERS: &[(&str, BuildRouter)] = &[
@@ -151,6 +150,20 @@ async fn each_function_serves_exactly_its_own_routes_of_routes_toml() {
 
     for (name, build) in ROUTERS {
         let app = TestApp::spawn(&env, *build).await;
+        // The templates the edge names requests by (metrics, traces) are the
+        // paths this function serves.
+        let templates: BTreeSet<String> = build(app.deps.clone())
+            .templates()
+            .iter()
+            .map(|template| (*template).to_owned())
+            .collect();
+        let own: BTreeSet<String> = table
+            .routes
+            .iter()
+            .filter(|route| route.function == *name)
+            .map(|route| route.path.clone())
+            .collect();
+        assert_eq!(templates, own, "{name}'s route templates");
         for route in &table.routes {
             let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
             let response = app

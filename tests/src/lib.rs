@@ -18,13 +18,12 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
 use finapp_shared::{
     Deps,
     auth::{EVENT_AUDIENCE, Role},
     config::Config,
     events::EventType,
-    http,
+    http::{self, Routes},
 };
 use lapin::{
     Connection, ConnectionProperties,
@@ -341,8 +340,8 @@ impl Default for TestEnv {
 }
 
 /// Every HTTP function's routes, merged, for tests that exercise several at once.
-pub fn all_functions(deps: Arc<Deps>) -> Router {
-    let builders: [fn(Arc<Deps>) -> Router; 12] = [
+pub fn all_functions(deps: Arc<Deps>) -> Routes {
+    let builders: [fn(Arc<Deps>) -> Routes; 12] = [
         signup::router,
         login::router,
         apply::router,
@@ -356,7 +355,7 @@ pub fn all_functions(deps: Arc<Deps>) -> Router {
         admin_update_status::router,
         analytics::router,
     ];
-    builders.into_iter().fold(Router::new(), |router, build| {
+    builders.into_iter().fold(Routes::new(), |router, build| {
         router.merge(build(deps.clone()))
     })
 }
@@ -369,7 +368,7 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn(env: &TestEnv, build: fn(Arc<Deps>) -> Router) -> Self {
+    pub async fn spawn(env: &TestEnv, build: fn(Arc<Deps>) -> Routes) -> Self {
         let deps = env.deps().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

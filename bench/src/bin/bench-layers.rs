@@ -19,13 +19,14 @@
 //!   sink; by default a closed port, where each failed send is retried)
 
 use axum::{
-    Router,
+    Router, ServiceExt,
     extract::Request,
     http::HeaderValue,
     middleware::{self, Next},
     response::Response,
     routing::get,
 };
+use finapp_shared::http::Routes;
 use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::{
@@ -33,8 +34,8 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-fn hello() -> Router {
-    Router::new().route(
+fn hello() -> Routes {
+    Routes::new().route(
         "/healthz",
         get(|| async { axum::Json(json!({ "status": "ok" })) }),
     )
@@ -112,23 +113,29 @@ fn with_limits(routes: Router) -> Router {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let variant = std::env::args().nth(1).unwrap_or_default();
-    let app = match variant.as_str() {
-        "bare" => hello(),
-        "shared" => finapp_shared::http::app(hello(), &Default::default()),
-        "from-fn" => hello().layer(middleware::from_fn(pass_through)),
-        "request-id" => hello().layer(middleware::from_fn(request_id_only)),
-        "tower-http" => with_tower_http(hello()),
-        "limits" => with_limits(hello()),
-        "shared-server" | "shared-traced" => finapp_shared::http::app(hello(), &Default::default()),
-        // A function's whole stack around the hello handler: the Prometheus
-        // recorder, `http::app`, the functions' accept loop, and tracing as
-        // the environment configures it (the bench's framework scenario).
-        "function" => {
-            finapp_shared::metrics::start("bench-layers", None)
-                .await
-                .expect("the recorder installs");
-            finapp_shared::http::app(hello(), &Default::default())
-        }
+    let limits = Default::default();
+    // Variants served by `axum::serve` as a `Router`, or the functions' own
+    // `http::app`, and in which server.
+    enum Served {
+        Router(Router),
+        App(finapp_shared::http::App),
+        InAcceptLoop(finapp_shared::http::App),
+    }
+    let served = match variant.as_str() {
+        "bare" => Served::Router(hello().into_router()),
+        "from-fn" => Served::Router(
+            hello()
+                .into_router()
+                .layer(middleware::from_fn(pass_through)),
+        ),
+        "request-id" => Served::Router(
+            hello()
+                .into_router()
+                .layer(middleware::from_fn(request_id_only)),
+        ),
+        "tower-http" => Served::Router(with_tower_http(hello().into_router())),
+        "limits" => Served::Router(with_limits(hello().into_router())),
+        "shared" => Served::App(finapp_shared::http::app(hello(), &limits)),
         // As `shared`, with the Prometheus recorder installed, as every
         // function's `main` does: the metrics are recorded, not only counted
         // against no recorder.
@@ -136,7 +143,19 @@ async fn main() -> std::io::Result<()> {
             finapp_shared::metrics::start("bench-layers", None)
                 .await
                 .expect("the recorder installs");
-            finapp_shared::http::app(hello(), &Default::default())
+            Served::App(finapp_shared::http::app(hello(), &limits))
+        }
+        "shared-server" | "shared-traced" => {
+            Served::InAcceptLoop(finapp_shared::http::app(hello(), &limits))
+        }
+        // A function's whole stack around the hello handler: the Prometheus
+        // recorder, `http::app`, the functions' accept loop, and tracing as
+        // the environment configures it (the bench's framework scenario).
+        "function" => {
+            finapp_shared::metrics::start("bench-layers", None)
+                .await
+                .expect("the recorder installs");
+            Served::InAcceptLoop(finapp_shared::http::app(hello(), &limits))
         }
         other => {
             eprintln!(
@@ -159,11 +178,15 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     // Stopped by SIGTERM: valgrind still writes its counts for a process a
     // signal ends.
-    if variant == "shared-server" || variant == "function" {
+    match served {
+        Served::Router(router) => axum::serve(listener, router).await,
+        Served::App(app) => {
+            axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await
+        }
         // The functions' own accept loop (header-read timeout, connection cap).
-        let limits = Default::default();
-        finapp_shared::server::run(listener, app, &limits, std::future::pending()).await;
-        return Ok(());
+        Served::InAcceptLoop(app) => {
+            finapp_shared::server::run(listener, app, &limits, std::future::pending()).await;
+            Ok(())
+        }
     }
-    axum::serve(listener, app).await
 }

@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::get};
+use axum::{extract::State, routing::get};
 use finapp_shared::{
     Deps,
     finance::{PageQuery, PageRequest},
-    http::{AdminUser, ApiError, ErrorBody, Query},
+    http::{AdminUser, ApiError, ErrorBody, Query, Routes},
     store::ApplicationsPage,
 };
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/admin/applications", get(admin_applications))
         .with_state(deps)
 }

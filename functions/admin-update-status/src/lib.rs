@@ -2,17 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::put};
+use axum::{extract::State, routing::put};
 use finapp_shared::{
     Deps,
     finance::{Decision, Status},
-    http::{AdminUser, ApiError, ErrorBody, Path},
+    http::{AdminUser, ApiError, ErrorBody, Path, Routes},
 };
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route(
             "/admin/update_status/{application_id}/{status}",
             put(admin_update_status),

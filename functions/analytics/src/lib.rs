@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::{
-    Extension, Router,
+    Extension,
     body::Bytes,
     extract::State,
     http::header,
@@ -12,14 +12,16 @@ use axum::{
 };
 use finapp_shared::{
     Deps,
-    http::{AdminUser, ApiError, ErrorBody},
+    http::{AdminUser, ApiError, ErrorBody, Routes},
     store::AnalyticsSummary,
 };
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
-        .route("/analytics", get(analytics))
-        .layer(Extension(Arc::new(LastBody::default())))
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
+        .route(
+            "/analytics",
+            get(analytics).layer(Extension(Arc::new(LastBody::default()))),
+        )
         .with_state(deps)
 }
 

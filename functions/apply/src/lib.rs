@@ -5,18 +5,18 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, response::Response, routing::post};
+use axum::{extract::State, http::StatusCode, response::Response, routing::post};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
     finance::{ApplicationRequest, NewApplication},
-    http::{ApiError, AuthUser, ErrorBody, Json},
+    http::{ApiError, AuthUser, ErrorBody, Json, Routes},
     idempotency::{self, IdempotencyHeader, IdempotencyKey},
 };
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/apply", post(apply))
         .route("/apply-finance", post(apply_finance))
         .with_state(deps)

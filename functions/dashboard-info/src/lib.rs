@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::get};
+use axum::{extract::State, routing::get};
 use finapp_shared::{
     Deps,
-    http::{ApiError, AuthUser, ErrorBody},
+    http::{ApiError, AuthUser, ErrorBody, Routes},
     store::StatusCounts,
 };
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/dashboard-info", get(dashboard_info))
         .with_state(deps)
 }

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::get};
+use axum::{extract::State, routing::get};
 use finapp_shared::{
     Deps,
-    http::{ApiError, AuthUser, ErrorBody},
+    http::{ApiError, AuthUser, ErrorBody, Routes},
 };
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/financing-options", get(financing_options))
         .with_state(deps)
 }

@@ -4,16 +4,16 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::{extract::State, routing::post};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
-    http::{ApiError, AuthUser, ErrorBody},
+    http::{ApiError, AuthUser, ErrorBody, Routes},
 };
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/log-financing-options-visit", post(log_visit))
         .with_state(deps)
 }

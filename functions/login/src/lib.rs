@@ -14,20 +14,20 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::post};
+use axum::{extract::State, routing::post};
 use finapp_shared::{
     Deps,
     auth::Role,
     config::LoginThrottle,
     domain::NewPassword,
     events::{Event, EventType},
-    http::{ApiError, ClientAddress, ErrorBody, Json},
+    http::{ApiError, ClientAddress, ErrorBody, Json, Routes},
     store::ThrottleKey,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
+pub fn router(deps: Arc<Deps>) -> Routes {
     let warm = deps.clone();
     tokio::spawn(async move {
         // Unknown users are timed against the cost the stored hashes have.
@@ -38,7 +38,7 @@ pub fn router(deps: Arc<Deps>) -> Router {
             tracing::warn!(error = %err, "dummy hash not precomputed");
         }
     });
-    Router::new().route("/login", post(login)).with_state(deps)
+    Routes::new().route("/login", post(login)).with_state(deps)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

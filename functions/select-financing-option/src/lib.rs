@@ -3,19 +3,19 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, response::Response, routing::post};
+use axum::{extract::State, response::Response, routing::post};
 use finapp_shared::{
     Deps,
     events::{Event, EventType},
-    http::{ApiError, AuthUser, ErrorBody, Json},
+    http::{ApiError, AuthUser, ErrorBody, Json, Routes},
     idempotency::{self, IdempotencyHeader, IdempotencyKey},
     store::to_json,
 };
 use mongodb::bson::{Bson, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/select-financing-option", post(select))
         .with_state(deps)
 }

@@ -3,20 +3,20 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, http::StatusCode, routing::post};
+use axum::{extract::State, http::StatusCode, routing::post};
 use finapp_shared::{
     Deps,
     auth::Role,
     domain::{NewPassword, Username},
     events::{Event, EventType},
-    http::{ApiError, ErrorBody, Json},
+    http::{ApiError, ErrorBody, Json, Routes},
     store::{InsertUserError, UserDoc},
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/signup", post(signup))
         .with_state(deps)
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::{
-    Router,
     extract::State,
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
@@ -13,12 +12,12 @@ use axum::{
 use finapp_shared::{
     Deps,
     finance::{PageQuery, PageRequest},
-    http::{ApiError, AuthUser, ErrorBody, Query},
+    http::{ApiError, AuthUser, ErrorBody, Query, Routes},
 };
 use serde::Deserialize;
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new().route("/status", get(status)).with_state(deps)
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new().route("/status", get(status)).with_state(deps)
 }
 
 /// Applications per page when the caller does not ask: as many as any page holds.

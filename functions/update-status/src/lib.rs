@@ -3,17 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::{Router, extract::State, routing::put};
+use axum::{extract::State, routing::put};
 use finapp_shared::{
     Deps,
     finance::{Decision, Status},
-    http::{AdminUser, ApiError, ErrorBody, Path},
+    http::{AdminUser, ApiError, ErrorBody, Path, Routes},
     store::UpdateCounts,
 };
 use serde::{Deserialize, Serialize};
 
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new()
+pub fn router(deps: Arc<Deps>) -> Routes {
+    Routes::new()
         .route("/update_status/{user}/{status}", put(update_status))
         .with_state(deps)
 }
