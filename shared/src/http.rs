@@ -355,7 +355,8 @@ impl FromRequestParts<Arc<Deps>> for AdminUser {
 /// source address under Lambda; otherwise the entry `TRUSTED_PROXY_HOPS`
 /// from the right of `X-Forwarded-For` (the one the nearest trusted proxy
 /// appended), or the TCP peer when no proxy is trusted. `None` only when
-/// none of these is known.
+/// none of these is known. The plain HTTP server tells the TCP peer only to
+/// routes made [`Routes::with_peer_address`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub Option<IpAddr>);
 
@@ -409,6 +410,7 @@ fn client_address(forwarded: &[&str], hops: usize, peer: Option<IpAddr>) -> Opti
 pub struct Routes<S = ()> {
     router: Router<S>,
     templates: Vec<&'static str>,
+    peer_address: bool,
 }
 
 impl<S: Clone + Send + Sync + 'static> Routes<S> {
@@ -416,7 +418,17 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         Self {
             router: Router::new(),
             templates: Vec::new(),
+            peer_address: false,
         }
+    }
+
+    /// Its handlers read the client's address ([`ClientAddress`]): the plain
+    /// HTTP server gives each of its requests the TCP peer as axum's
+    /// [`ConnectInfo`]. Other routes go without: a request's first extension
+    /// costs it a map of its own.
+    pub fn with_peer_address(mut self) -> Self {
+        self.peer_address = true;
+        self
     }
 
     /// As [`Router::route`]; `path` is also the route's template.
@@ -431,6 +443,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     /// As [`Router::merge`].
     pub fn merge(mut self, other: Routes<S>) -> Self {
         self.router = self.router.merge(other.router);
+        self.peer_address |= other.peer_address;
         for template in other.templates {
             if !self.templates.contains(&template) {
                 self.templates.push(template);
@@ -444,6 +457,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         Routes {
             router: self.router.with_state(state),
             templates: self.templates,
+            peer_address: self.peer_address,
         }
     }
 
@@ -516,6 +530,8 @@ struct Edge {
     metrics: OnceLock<Box<[metrics::RouteMetrics]>>,
     /// Served outside the edge, so an overloaded process still answers them.
     probes: Option<Routes>,
+    /// Whether the routes read the client's TCP address ([`Routes::with_peer_address`]).
+    peer_address: bool,
 }
 
 struct EdgeLimits {
@@ -527,7 +543,11 @@ struct EdgeLimits {
 impl App {
     /// `routes` behind the edge, and `probes` beside it.
     fn new(routes: Routes, probes: Option<Routes>, limits: &HttpLimits) -> Self {
-        let Routes { router, templates } = routes;
+        let Routes {
+            router,
+            templates,
+            peer_address,
+        } = routes;
         let mut table = matchit::Router::new();
         for (index, template) in templates.iter().enumerate() {
             table
@@ -557,6 +577,7 @@ impl App {
                 names,
                 metrics: OnceLock::new(),
                 probes,
+                peer_address,
             }),
         }
     }
@@ -587,7 +608,9 @@ impl App {
         let identity = Identity::of(&request, edge.names[route]);
         let line = AccessLine {
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            route: edge.names[route],
+            uri: tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::DEBUG)
+                .then(|| request.uri().clone()),
             started,
         };
         // Made now, run later: an axum route's future does nothing until
@@ -620,6 +643,10 @@ impl crate::server::Answers for App {
 
     fn answer(&self, request: axum::http::Request<hyper::body::Incoming>) -> Answer {
         App::answer(self, request)
+    }
+
+    fn wants_peer_address(&self) -> bool {
+        self.edge.peer_address
     }
 }
 
@@ -740,7 +767,10 @@ struct Identity {
 /// What the access line says of a request.
 struct AccessLine {
     method: axum::http::Method,
-    uri: axum::http::Uri,
+    route: &'static str,
+    /// Kept only while the access log is on: copying it costs a cheap request
+    /// more than counting it, and a slow request's line names its route.
+    uri: Option<axum::http::Uri>,
     started: Instant,
 }
 
@@ -751,19 +781,20 @@ const TRACEPARENT: header::HeaderName = header::HeaderName::from_static("tracepa
 
 impl Identity {
     fn of(request: &Request, route: &'static str) -> Self {
-        let request_id = request
-            .extensions()
-            .lambda_context_ref()
+        let lambda = under_lambda();
+        let headers = CallerHeaders::of(request);
+        let request_id = lambda
+            .then(|| request.extensions().lambda_context_ref())
+            .flatten()
             .and_then(|context| HeaderValue::from_str(&context.request_id).ok())
             .or_else(|| {
-                request
-                    .headers()
-                    .get(X_REQUEST_ID)
+                headers
+                    .request_id
                     .filter(|value| value.len() <= 128 && value.to_str().is_ok())
                     .cloned()
             })
             .unwrap_or_else(new_request_id);
-        let caller = caller_trace(request, under_lambda());
+        let caller = caller_trace(&headers, request, lambda);
         if !telemetry::exporting() {
             return Self {
                 request_id,
@@ -785,10 +816,7 @@ impl Identity {
             http.response.status_code = tracing::field::Empty,
         );
         if let Some(caller) = caller {
-            let tracestate = request
-                .headers()
-                .get("tracestate")
-                .and_then(|value| value.to_str().ok());
+            let tracestate = headers.tracestate.and_then(|value| value.to_str().ok());
             telemetry::set_remote_parent(&span, caller, tracestate);
         }
         let own = telemetry::traceparent_of(&span);
@@ -912,11 +940,12 @@ where
         let latency = line.started.elapsed();
         let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let status = response.status().as_u16();
-        let (method, path) = (&line.method, line.uri.path());
+        let (method, route) = (&line.method, line.route);
+        let path = line.uri.as_ref().map(axum::http::Uri::path);
         if latency >= SLOW_REQUEST {
-            tracing::info!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "slow request");
+            tracing::info!(target: ACCESS_LOG_TARGET, %method, route, path, status, latency_us, "slow request");
         } else {
-            tracing::debug!(target: ACCESS_LOG_TARGET, %method, path, status, latency_us, "request completed");
+            tracing::debug!(target: ACCESS_LOG_TARGET, %method, route, path, status, latency_us, "request completed");
         }
         if *this.spanned {
             let span = tracing::Span::current();
@@ -982,12 +1011,12 @@ pin_project_lite::pin_project! {
     /// `inner`, unless `at` passes first. As `tokio::time::timeout`, but the
     /// timer is made only once `inner` has to wait: most requests of a cheap
     /// route never do, and making and dropping a timer costs more than they.
+    /// It is boxed, so that the futures that hold it stay small to move.
     struct Deadline<F> {
         #[pin]
         inner: F,
         at: Instant,
-        #[pin]
-        timer: Option<tokio::time::Sleep>,
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -995,17 +1024,17 @@ impl<F: Future> Future for Deadline<F> {
     type Output = Result<F::Output, TimedOut>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(output) = this.inner.poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        if this.timer.is_none() {
-            this.timer
-                .set(Some(tokio::time::sleep_until((*this.at).into())));
-        }
-        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
-            _ => Poll::Pending,
+        let at = *this.at;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(TimedOut)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -1030,18 +1059,54 @@ impl Drop for InFlight {
     }
 }
 
+/// The headers the edge reads of a request, found in one pass over them:
+/// each `HeaderMap::get` hashes its name, which costs more than looking at
+/// every header of a usual request.
+#[derive(Default)]
+struct CallerHeaders<'a> {
+    request_id: Option<&'a HeaderValue>,
+    traceparent: Option<&'a HeaderValue>,
+    tracestate: Option<&'a HeaderValue>,
+    xray: Option<&'a HeaderValue>,
+}
+
+/// The header API Gateway passes X-Ray's trace id in.
+const X_AMZN_TRACE_ID: header::HeaderName = header::HeaderName::from_static("x-amzn-trace-id");
+/// The W3C trace context's vendor data, read from callers while exporting.
+const TRACESTATE: header::HeaderName = header::HeaderName::from_static("tracestate");
+
+impl<'a> CallerHeaders<'a> {
+    /// The first value of each.
+    fn of(request: &'a Request) -> Self {
+        let mut found = Self::default();
+        for (name, value) in request.headers() {
+            let slot = if name == X_REQUEST_ID {
+                &mut found.request_id
+            } else if name == TRACEPARENT {
+                &mut found.traceparent
+            } else if name == TRACESTATE {
+                &mut found.tracestate
+            } else if name == X_AMZN_TRACE_ID {
+                &mut found.xray
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
+}
+
 /// The caller's span, if the request names one: its W3C `traceparent`; else,
 /// `under_lambda`, the invocation's X-Ray trace id (Lambda's own segment, also
 /// in `_X_AMZN_TRACE_ID`), or the `X-Amzn-Trace-Id` header API Gateway passes on.
-fn caller_trace(request: &Request, under_lambda: bool) -> Option<TraceParent> {
-    let header = |name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-    };
-    if let Some(value) = header(TRACEPARENT) {
-        return TraceParent::parse(value);
+fn caller_trace(
+    headers: &CallerHeaders,
+    request: &Request,
+    under_lambda: bool,
+) -> Option<TraceParent> {
+    if let Some(value) = headers.traceparent {
+        return value.to_str().ok().and_then(TraceParent::parse);
     }
     if !under_lambda {
         return None;
@@ -1052,7 +1117,9 @@ fn caller_trace(request: &Request, under_lambda: bool) -> Option<TraceParent> {
         .and_then(|context| context.xray_trace_id.as_deref())
         .and_then(TraceParent::from_xray)
         .or_else(|| {
-            header(header::HeaderName::from_static("x-amzn-trace-id"))
+            headers
+                .xray
+                .and_then(|value| value.to_str().ok())
                 .and_then(TraceParent::from_xray)
         })
 }
@@ -1312,7 +1379,8 @@ mod tests {
             request
         };
         let trace_id = |request: &Request, lambda| {
-            caller_trace(request, lambda).map(|parent| parent.trace_id_hex())
+            caller_trace(&CallerHeaders::of(request), request, lambda)
+                .map(|parent| parent.trace_id_hex())
         };
         let both = request(
             &[("traceparent", traceparent), ("x-amzn-trace-id", xray)],

@@ -96,10 +96,10 @@ pub async fn run(
         };
         let (connection, closed) = open.push(max_connections, header_read_timeout);
         let service = Tracked {
+            peer: app.wants_peer_address().then_some(peer),
             app: app.clone(),
             connection,
             header_read_timeout,
-            peer,
         };
         let served = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -131,6 +131,9 @@ pub trait Answers: Clone + Send + Sync + 'static {
     type Future: Future<Output = Result<axum::response::Response, Infallible>> + Send + 'static;
 
     fn answer(&self, request: hyper::Request<Incoming>) -> Self::Future;
+
+    /// Whether its requests need the client's TCP address, as axum's [`ConnectInfo`].
+    fn wants_peer_address(&self) -> bool;
 }
 
 /// A connection's deadline while one of its requests is being answered: none.
@@ -256,13 +259,13 @@ impl Open {
 /// `header_read_timeout` for the next request's headers (which also bounds
 /// how long it may stay idle). Flags the connection as active on its first
 /// request, so it is never evicted, and gives each request the peer's
-/// address as axum's [`ConnectInfo`].
+/// address as axum's [`ConnectInfo`] if the app wants it.
 #[derive(Clone)]
 struct Tracked<A> {
     app: A,
     connection: Arc<Connection>,
     header_read_timeout: Duration,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 }
 
 impl<A: Answers> hyper::service::Service<hyper::Request<Incoming>> for Tracked<A> {
@@ -273,7 +276,9 @@ impl<A: Answers> hyper::service::Service<hyper::Request<Incoming>> for Tracked<A
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         self.connection.active.store(true, Ordering::Relaxed);
         self.connection.deadline.store(ANSWERING, Ordering::Relaxed);
-        request.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(ConnectInfo(peer));
+        }
         Answering {
             inner: self.app.answer(request),
             connection: Arc::clone(&self.connection),

@@ -87,7 +87,7 @@ async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
     let (status, health) = send(client.get(format!("{}/healthz", login.base_url))).await;
     assert_eq!((status, health), (200, json!({"status": "ok"})));
 
-    // The access log has a line per request: its method, path and status,
+    // The access log has a line per request: its method, route, path and status,
     // inside the request span that carries its id.
     let completed = login
         .process
@@ -95,6 +95,12 @@ async fn signup_and_login_work_as_processes_and_no_secret_reaches_the_logs() {
         .await;
     let line: Value = serde_json::from_str(&completed).expect("a JSON log line");
     assert!(line["method"].is_string(), "{completed}");
+    assert!(
+        line["route"]
+            .as_str()
+            .is_some_and(|route| route.starts_with('/')),
+        "{completed}"
+    );
     assert!(
         line["path"]
             .as_str()

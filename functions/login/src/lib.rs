@@ -38,7 +38,10 @@ pub fn router(deps: Arc<Deps>) -> Routes {
             tracing::warn!(error = %err, "dummy hash not precomputed");
         }
     });
-    Routes::new().route("/login", post(login)).with_state(deps)
+    Routes::new()
+        .route("/login", post(login))
+        .with_peer_address()
+        .with_state(deps)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
