@@ -17,7 +17,7 @@ use std::{
 use axum::{
     Router,
     extract::{
-        ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request,
+        ConnectInfo, FromRequest, FromRequestParts, Request,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::{HeaderValue, StatusCode, header, request::Parts},
@@ -492,9 +492,6 @@ pub const ACCESS_LOG_TARGET: &str = "access";
 /// A request slower than this is logged at `info` whatever the filter.
 pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// The router with the body limit, which the edge wraps as a whole.
-type Limited64k = <DefaultBodyLimit as tower::Layer<Router>>::Service;
-
 /// A function as every request reaches it ([`app`]): the probes, if any, as
 /// they are, and every other request through the edge around the whole router.
 ///
@@ -513,7 +510,7 @@ type Limited64k = <DefaultBodyLimit as tower::Layer<Router>>::Service;
 ///    than the timeout.
 #[derive(Clone)]
 pub struct App {
-    routes: Limited64k,
+    routes: Router,
     edge: Arc<Edge>,
 }
 
@@ -566,7 +563,7 @@ impl App {
             .with_state(());
         let probes = probes.map(|probes| probes.with_state(()));
         Self {
-            routes: tower::Layer::layer(&DefaultBodyLimit::max(MAX_BODY_BYTES), router),
+            routes: router,
             edge: Arc::new(Edge {
                 limits: Arc::new(EdgeLimits {
                     in_flight: AtomicUsize::new(0),
@@ -588,7 +585,11 @@ impl App {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let request = request.map(axum::body::Body::new);
+        // The body limit is the body's own, as `DefaultBodyLimit` would set
+        // it, without the extension that layer adds (a request's first costs
+        // it a map of its own): axum's extractors answer 413 when it is hit.
+        let request = request
+            .map(|body| axum::body::Body::new(http_body_util::Limited::new(body, MAX_BODY_BYTES)));
         let path = request.uri().path();
         if let Some(probes) = &self.edge.probes
             && probes.templates.contains(&path)
@@ -681,7 +682,7 @@ where
     }
 }
 
-type RouteFuture = <Limited64k as tower::Service<Request>>::Future;
+type RouteFuture = axum::routing::future::RouteFuture<Infallible>;
 
 pin_project_lite::pin_project! {
     /// One request's answer ([`App`]).

@@ -187,3 +187,64 @@ async fn an_unknown_route_or_method_is_a_json_error() {
     let (status, body) = send(app.client.get(app.url("/nowhere"))).await;
     assert_eq!((status, &body["error"]), (404, &Value::from("not_found")));
 }
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_refused_with_413_whether_sized_or_streamed_and_writes_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let env = TestEnv::new();
+    let app = TestApp::spawn(&env, signup::router).await;
+    // Valid JSON, a signup but for its padding, just past the limit.
+    let padding = "x".repeat(finapp_shared::http::MAX_BODY_BYTES);
+    let body = json!({"username": "big_body", "password": "secure_password", "padding": padding})
+        .to_string();
+
+    // With its Content-Length.
+    let (status, answer) = send(
+        app.client
+            .post(app.url("/signup"))
+            .header("content-type", "application/json")
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "payload_too_large", "{answer}");
+
+    // Streamed in chunks, with no length to refuse it by up front.
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let head = format!(
+        "POST /signup HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        app.address
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.as_bytes().chunks(8 * 1024) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer and close before the last chunk is sent.
+        if stream.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("the server answers and closes");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"payload_too_large\""), "{response}");
+
+    // Neither created the user.
+    assert!(
+        app.deps
+            .store
+            .find_user("big_body")
+            .await
+            .unwrap()
+            .is_none(),
+        "an oversized signup was stored"
+    );
+}
