@@ -520,6 +520,10 @@ struct Edge {
     /// Each route's index in `names` by its template; the router matches the
     /// same templates the same way (axum routes with matchit too).
     templates: matchit::Router<usize>,
+    /// The templates without parameters and their indexes, looked for first:
+    /// most paths are one of them, and comparing a few strings costs a
+    /// fraction of a lookup in `templates`.
+    fixed: Box<[(&'static str, usize)]>,
     /// The route names by index: the templates, then [`metrics::UNMATCHED_ROUTE`].
     names: Box<[&'static str]>,
     /// Each route's metric handles, made on the first request, once the
@@ -551,6 +555,12 @@ impl App {
                 .insert(*template, index)
                 .expect("axum accepted the same templates");
         }
+        let fixed = templates
+            .iter()
+            .enumerate()
+            .filter(|(_, template)| !template.contains('{'))
+            .map(|(index, template)| (*template, index))
+            .collect();
         let names = templates
             .into_iter()
             .chain([metrics::UNMATCHED_ROUTE])
@@ -571,6 +581,7 @@ impl App {
                     timeout: limits.request_timeout,
                 }),
                 templates: table,
+                fixed,
                 names,
                 metrics: OnceLock::new(),
                 probes,
@@ -602,10 +613,7 @@ impl App {
         let started = Instant::now();
         let in_flight = metrics::Queued::enter(metrics::in_flight());
         let edge = &self.edge;
-        let route = edge
-            .templates
-            .at(path)
-            .map_or(edge.names.len() - 1, |found| *found.value);
+        let route = edge.route(path);
         let identity = Identity::of(&request, edge.names[route]);
         let line = AccessLine {
             method: request.method().clone(),
@@ -652,6 +660,16 @@ impl crate::server::Answers for App {
 }
 
 impl Edge {
+    /// The index in `names` of the route `path` is one of.
+    fn route(&self, path: &str) -> usize {
+        self.fixed
+            .iter()
+            .find(|(template, _)| *template == path)
+            .map(|(_, index)| *index)
+            .or_else(|| self.templates.at(path).ok().map(|found| *found.value))
+            .unwrap_or(self.names.len() - 1)
+    }
+
     fn finished(&self, route: usize, status: StatusCode, elapsed: Duration) {
         let metrics = self.metrics.get_or_init(|| {
             self.names
@@ -1273,6 +1291,23 @@ mod tests {
         let third = InFlight::enter(&limits).expect("a place left by the first");
         drop((second, third));
         assert_eq!(limits.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_request_is_counted_under_the_template_its_path_matches() {
+        let handler = || get(|| async { "ok" });
+        let routes = Routes::new()
+            .route("/users/{id}", handler())
+            .route("/users/me", handler())
+            .route("/status", handler());
+        let app = app(routes, &HttpLimits::default());
+        let name = |path| app.edge.names[app.edge.route(path)];
+        assert_eq!(name("/status"), "/status");
+        assert_eq!(name("/users/me"), "/users/me");
+        assert_eq!(name("/users/7"), "/users/{id}");
+        assert_eq!(name("/users/{id}"), "/users/{id}");
+        assert_eq!(name("/status/"), metrics::UNMATCHED_ROUTE);
+        assert_eq!(name("/users"), metrics::UNMATCHED_ROUTE);
     }
 
     #[test]
