@@ -3,9 +3,10 @@
 # request: runs every bench-layers variant (bench/src/bin/bench-layers.rs)
 # under callgrind, sends it FEW and then MANY keep-alive `GET /healthz`
 # requests from one client, and divides the difference in instructions by the
-# difference in requests, so start-up and shutdown cancel out. Instruction
-# counts are the same from run to run whatever else the machine is doing,
-# unlike req/s; they count user space only (no kernel, no cache misses).
+# difference in requests, so shutdown cancels out (start-up is not counted).
+# Instruction counts are the same from run to run whatever else the machine
+# is doing, unlike req/s; they count user space only (no kernel, no cache
+# misses).
 #
 #   LAYERS_FEW=1000 LAYERS_MANY=3000   the two request counts
 #   LAYERS_CASES="bare:info shared:info"  only these variants (variant:RUST_LOG), bare first
@@ -44,8 +45,11 @@ instructions() {
   local variant=$1 rust_log=$2 count=$3 port out pid deadline
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   out="$work/$variant-$rust_log-$count.callgrind"
-  RUST_LOG=$rust_log PORT=$port valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$binary" "$variant" >"$work/server.log" 2>&1 &
+  # Counting starts once the server listens: start-up (the metrics clock's
+  # calibration, timed in wall time, among it) varies by millions from run
+  # to run and would not cancel out.
+  RUST_LOG=$rust_log PORT=$port valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$out" "$binary" "$variant" >"$work/server.log" 2>&1 &
   pid=$!
   deadline=$((SECONDS + 120))
   until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
@@ -54,6 +58,7 @@ instructions() {
     fi
     sleep 0.2
   done
+  callgrind_control --instr=on "$pid" >/dev/null 2>&1
   send "$port" "$count"
   kill -TERM "$pid"
   wait "$pid" || true # ended by the signal
@@ -85,7 +90,7 @@ fi
 
 bare=""
 printf '| variant | RUST_LOG | instructions per request | vs bare |\n|---|---|---|---|\n'
-cases=${LAYERS_CASES:-bare:info shared:info shared-metrics:info shared-traced:info shared:warn shared-server:info from-fn:info request-id:info limits:info tower-http:info}
+cases=${LAYERS_CASES:-bare:info shared:info shared-metrics:info shared-traced:info shared:warn shared-server:info function:info from-fn:info request-id:info limits:info tower-http:info}
 for case in $cases; do
   IFS=: read -r variant rust_log <<<"$case"
   low=$(instructions "$variant" "$rust_log" "$few")
