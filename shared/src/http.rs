@@ -424,8 +424,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 
     /// Its handlers read the client's address ([`ClientAddress`]): the plain
     /// HTTP server gives each of its requests the TCP peer as axum's
-    /// [`ConnectInfo`]. Other routes go without: a request's first extension
-    /// costs it a map of its own.
+    /// [`ConnectInfo`]. Other routes go without: each extension costs every
+    /// request a hash-map insert.
     pub fn with_peer_address(mut self) -> Self {
         self.peer_address = true;
         self
@@ -596,9 +596,9 @@ impl App {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        // The body limit is the body's own, as `DefaultBodyLimit` would set
-        // it, without the extension that layer adds (a request's first costs
-        // it a map of its own): axum's extractors answer 413 when it is hit.
+        // The body limit is the body's own, as axum's extractors make it from
+        // `DefaultBodyLimit`'s extension, without inserting that extension
+        // into every request's map; they answer 413 when it is hit.
         let request = request
             .map(|body| axum::body::Body::new(http_body_util::Limited::new(body, MAX_BODY_BYTES)));
         let path = request.uri().path();
