@@ -141,3 +141,21 @@ async fn an_address_past_its_limit_gets_429_whatever_the_name_and_only_the_trust
     let (status, _, _) = attempt(url, "fresh_name", "wrong", Some("203.0.113.10")).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn with_no_trusted_proxy_the_tcp_peer_is_the_address_counted() {
+    let env = TestEnv::new().with_var("LOGIN_MAX_FAILURES_PER_ADDRESS", 4);
+    let login = FunctionProcess::start("login", &env).await;
+    let url = &login.base_url;
+
+    // Every attempt claims another address; with no proxy trusted, the
+    // claim is ignored and all of them come from this test's loopback peer.
+    for i in 0..4 {
+        let claim = format!("198.51.100.{i}");
+        let (status, _, body) = attempt(url, &format!("peer_{i}"), "wrong", Some(&claim)).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, retry_after, body) = attempt(url, "peer_fresh", "wrong", Some("192.0.2.1")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after.is_some());
+}
