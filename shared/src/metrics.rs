@@ -68,6 +68,8 @@ pub enum MetricsError {
     Bind { port: u16, source: std::io::Error },
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
+    #[error("cannot start the metrics upkeep thread")]
+    Upkeep(#[source] std::io::Error),
 }
 
 /// Names this process `function` in every metric and, outside Lambda,
@@ -81,14 +83,19 @@ pub async fn start(function: &'static str, port: Option<u16>) -> Result<(), Metr
         return Ok(());
     }
     let handle = install_recorder()?;
+    // On a thread rather than a tokio timer, which, always pending, would
+    // make each idle worker work out when to wake every time it parks: a
+    // cost on every cheap request (BENCHMARKS.md, section 3).
     let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(UPKEEP);
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP);
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(MetricsError::Upkeep)?;
     let Some(port) = port else {
         return Ok(());
     };

@@ -11,8 +11,12 @@
 //! which arms and drops a timer for every request and makes the connection
 //! try to parse a request head once more per request (three parses instead of
 //! two under callgrind; BENCHMARKS.md, section 3). Here a request stores one
-//! number when it starts and one when it is answered, and one task looks at
-//! every connection's deadline a few times per timeout.
+//! number when it starts and one when it is answered, and one thread looks at
+//! every connection's deadline a few times per timeout. The thread, not a
+//! tokio timer: a timer always pending makes each idle worker work out when
+//! to wake every time it parks, a cost on every cheap request. The check also
+//! keeps the clock an answered request reads its next deadline from
+//! ([`Clock`]).
 
 use std::{
     convert::Infallible,
@@ -46,7 +50,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How many times per header-read timeout the deadlines are checked: a
-/// connection past its deadline is closed at most a tenth of it late.
+/// connection past its deadline is closed at most a fifth of it late (a
+/// tenth for the check, a tenth for the clock it was set by).
 const CHECKS_PER_TIMEOUT: u32 = 10;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
@@ -67,8 +72,7 @@ pub async fn run(
     let open = Open::default();
     let header_read_timeout = limits.header_read_timeout;
     // Stopped with the server, also when this future is dropped unfinished.
-    let _deadlines =
-        AbortOnDropHandle::new(tokio::spawn(open.clone().close_late(header_read_timeout)));
+    let _deadlines = open.check_deadlines(header_read_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
@@ -99,12 +103,14 @@ pub async fn run(
             peer: app.wants_peer_address().then_some(peer),
             app: app.clone(),
             connection,
-            header_read_timeout,
+            idle_allowance: idle_allowance(header_read_timeout),
         };
         let served = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _slot = slot;
             tokio::select! {
+                // In order: picking one at random costs a random number per poll.
+                biased;
                 result = served => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "connection closed");
@@ -147,7 +153,22 @@ fn now_ms() -> u64 {
 }
 
 fn deadline_after(timeout: Duration) -> u64 {
-    now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(ANSWERING - 1))
+    now_ms().saturating_add(millis(timeout))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(ANSWERING - 1)
+}
+
+/// [`now_ms`] as the latest check of the deadlines read it: what an answered
+/// request sets its connection's next deadline from, a clock read less per
+/// request. It lags by at most one check, which the deadline adds.
+static CHECKED_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// How long after [`CHECKED_AT_MS`] a connection answered now must send its
+/// next request's headers: `timeout`, and the check the clock may lag by.
+fn idle_allowance(timeout: Duration) -> u64 {
+    millis(timeout + timeout / CHECKS_PER_TIMEOUT)
 }
 
 /// What the accept loop knows of one open connection.
@@ -233,6 +254,7 @@ impl Open {
     /// Closes every connection past its deadline; forgets the closed ones.
     fn close_overdue(&self) {
         let now = now_ms();
+        CHECKED_AT_MS.fetch_max(now, Ordering::Relaxed);
         self.lock().retain(|connection| {
             let Some(connection) = connection.upgrade() else {
                 return false;
@@ -244,14 +266,34 @@ impl Open {
         });
     }
 
-    /// Runs [`Open::close_overdue`] [`CHECKS_PER_TIMEOUT`] times per `timeout`, for ever.
-    async fn close_late(self, timeout: Duration) {
-        let mut checks = tokio::time::interval(timeout / CHECKS_PER_TIMEOUT);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            checks.tick().await;
-            self.close_overdue();
-        }
+    /// Runs [`Open::close_overdue`] [`CHECKS_PER_TIMEOUT`] times per
+    /// `timeout` on a thread of its own until the last clone of `self` is
+    /// dropped. Should the thread not start, a task does it instead, until
+    /// the handle returned is dropped.
+    fn check_deadlines(&self, timeout: Duration) -> Option<AbortOnDropHandle<()>> {
+        CHECKED_AT_MS.fetch_max(now_ms(), Ordering::Relaxed);
+        let every = timeout / CHECKS_PER_TIMEOUT;
+        let open = Arc::downgrade(&self.0);
+        let started = std::thread::Builder::new()
+            .name("deadlines".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(open) = open.upgrade() else { return };
+                    Open(open).close_overdue();
+                }
+            });
+        let Err(err) = started else { return None };
+        tracing::warn!(error = %err, "no thread for the connection deadlines; checking them on a task");
+        let open = self.clone();
+        Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut checks = tokio::time::interval(every);
+            checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                checks.tick().await;
+                open.close_overdue();
+            }
+        })))
     }
 }
 
@@ -264,7 +306,8 @@ impl Open {
 struct Tracked<A> {
     app: A,
     connection: Arc<Connection>,
-    header_read_timeout: Duration,
+    /// [`idle_allowance`] of the header-read timeout.
+    idle_allowance: u64,
     peer: Option<SocketAddr>,
 }
 
@@ -282,7 +325,7 @@ impl<A: Answers> hyper::service::Service<hyper::Request<Incoming>> for Tracked<A
         Answering {
             inner: self.app.answer(request),
             connection: Arc::clone(&self.connection),
-            header_read_timeout: self.header_read_timeout,
+            idle_allowance: self.idle_allowance,
         }
     }
 }
@@ -293,7 +336,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         connection: Arc<Connection>,
-        header_read_timeout: Duration,
+        idle_allowance: u64,
     }
 }
 
@@ -303,9 +346,10 @@ impl<F: Future> Future for Answering<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let answer = std::task::ready!(this.inner.poll(cx));
-        this.connection
-            .deadline
-            .store(deadline_after(*this.header_read_timeout), Ordering::Relaxed);
+        let next = CHECKED_AT_MS
+            .load(Ordering::Relaxed)
+            .saturating_add(*this.idle_allowance);
+        this.connection.deadline.store(next, Ordering::Relaxed);
         Poll::Ready(answer)
     }
 }
