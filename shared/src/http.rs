@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::Poll,
     time::{Duration, Instant},
@@ -977,15 +977,35 @@ where
     }
 }
 
-/// A new request id: a random UUID, written without an allocation of its own.
+/// A new request id: this process's random prefix and the count of ids it
+/// has made, as `5f0c39a1d2e84b76-1042` (the scheme of chi's and Echo's
+/// request-id middleware). An id has to be unique, not unguessable: 64 random
+/// bits keep two processes' ids apart, and the count one process's. Making a
+/// random UUID and writing it out cost a third of the edge's own work per
+/// request (BENCHMARKS.md, section 3); this costs an atomic add and a few
+/// digits.
 fn new_request_id() -> HeaderValue {
-    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    let bytes = axum::body::Bytes::copy_from_slice(text.as_bytes());
-    // SAFETY: a hyphenated UUID is lowercase hex digits and hyphens, all
-    // visible ASCII, which is what a header value may hold. Checking its 36
-    // bytes again cost more than making the UUID.
-    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
+    const PREFIX: usize = 17;
+    static PROCESS: OnceLock<[u8; PREFIX]> = OnceLock::new();
+    static MADE: AtomicU64 = AtomicU64::new(1);
+    let prefix = PROCESS.get_or_init(|| {
+        let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+        // The version and variant bits, fixed in each half, are at different
+        // places in the two, so every bit of their xor is random.
+        let mut prefix = [b'-'; PREFIX];
+        prefix[..16].copy_from_slice(format!("{:016x}", high ^ low).as_bytes());
+        prefix
+    });
+    let mut count = itoa::Buffer::new();
+    let count = count.format(MADE.fetch_add(1, Ordering::Relaxed));
+    let mut text = [0_u8; PREFIX + 20];
+    let length = PREFIX + count.len();
+    text[..PREFIX].copy_from_slice(prefix);
+    text[PREFIX..length].copy_from_slice(count.as_bytes());
+    let text = axum::body::Bytes::copy_from_slice(&text[..length]);
+    // SAFETY: lowercase hex digits, a hyphen and decimal digits, all visible
+    // ASCII, which is what a header value may hold.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(text) }
 }
 
 pin_project_lite::pin_project! {
@@ -1291,6 +1311,22 @@ mod tests {
         let third = InFlight::enter(&limits).expect("a place left by the first");
         drop((second, third));
         assert_eq!(limits.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn new_request_ids_share_the_process_prefix_and_never_repeat() {
+        let ids: Vec<String> = (0..1000)
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
+            .collect();
+        let (prefix, _) = ids[0].split_once('-').unwrap();
+        assert_eq!(prefix.len(), 16);
+        assert!(prefix.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        let mut counts = std::collections::HashSet::new();
+        for id in &ids {
+            let (its_prefix, count) = id.split_once('-').unwrap();
+            assert_eq!(its_prefix, prefix, "{id}");
+            assert!(counts.insert(count.parse::<u64>().unwrap()), "{id} repeats");
+        }
     }
 
     #[test]
