@@ -611,7 +611,7 @@ impl App {
             };
         }
         let started = Instant::now();
-        let in_flight = metrics::Queued::enter(metrics::in_flight());
+        let in_flight = metrics::InFlightRequest::enter();
         let edge = &self.edge;
         let route = edge.route(path);
         let identity = Identity::of(&request, edge.names[route]);
@@ -725,7 +725,7 @@ pin_project_lite::pin_project! {
             run: Run<RouteFuture>,
             edge: Arc<Edge>,
             route: usize,
-            in_flight: Option<metrics::Queued>,
+            in_flight: Option<metrics::InFlightRequest>,
         },
     }
 }

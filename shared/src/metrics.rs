@@ -15,7 +15,13 @@
 //! This module imports only `config` in this crate, so every other module
 //! may import it.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -136,6 +142,7 @@ pub fn endpoint(handle: PrometheusHandle) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {
+            in_flight().set(REQUESTS_IN_FLIGHT.load(Ordering::Relaxed) as f64);
             let body = handle.render();
             async move {
                 (
@@ -213,8 +220,31 @@ impl Drop for Queued {
     }
 }
 
-/// `finapp_http_requests_in_flight`: requests being handled.
-pub fn in_flight() -> &'static Gauge {
+/// Requests being handled, process-wide: a plain count, which each scrape
+/// sets `finapp_http_requests_in_flight` to. Moving the gauge itself would
+/// cost each request two of its updates, several atomic operations each.
+static REQUESTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// One request counted in `finapp_http_requests_in_flight` until dropped, so
+/// a cancelled request still leaves it.
+pub struct InFlightRequest(());
+
+impl InFlightRequest {
+    pub fn enter() -> Self {
+        REQUESTS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        REQUESTS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `finapp_http_requests_in_flight`: requests being handled, as of the last
+/// scrape ([`InFlightRequest`]).
+fn in_flight() -> &'static Gauge {
     static GAUGE: OnceLock<Gauge> = OnceLock::new();
     GAUGE.get_or_init(|| gauge!(HTTP_REQUESTS_IN_FLIGHT, "function" => function()))
 }
