@@ -584,6 +584,11 @@ fn framework_section(out: &mut String, framework: &Framework) {
     series_row(out, "bare axum `bench-hello`", &framework.hello);
     series_row(
         out,
+        "diagnostic: bare axum in the function row's binary (`bench-layers bare`)",
+        &framework.same_binary,
+    );
+    series_row(
+        out,
         "diagnostic: the same with `RUST_LOG=warn`",
         &framework.quiet,
     );
@@ -614,6 +619,10 @@ fn framework_section(out: &mut String, framework: &Framework) {
         achieved: framework.quiet.clone(),
         ceiling: framework.hello.clone(),
     };
+    let same_binary = Comparison {
+        achieved: framework.function.clone(),
+        ceiling: framework.same_binary.clone(),
+    };
     let overhead = 1.0 - median(ratios.iter().copied());
     let _ = writeln!(
         out,
@@ -628,10 +637,21 @@ fn framework_section(out: &mut String, framework: &Framework) {
     let _ = writeln!(
         out,
         "\nWith `RUST_LOG=warn` the overhead is {}; with the access log on it is {}; with \
-         everything on (the access log and every span exported) it is {}.",
+         everything on (the access log and every span exported) it is {}. Against bare axum \
+         in the same binary as the function row, the overhead is {} ({}); `bench-hello` made \
+         {} req/s to that server's {}.",
         percent(1.0 - quiet.ratio()),
         percent(1.0 - access_log.ratio()),
-        percent(1.0 - traced.ratio())
+        percent(1.0 - traced.ratio()),
+        percent(1.0 - same_binary.ratio()),
+        same_binary
+            .ratios()
+            .iter()
+            .map(|r| percent(1.0 - r))
+            .collect::<Vec<_>>()
+            .join(", "),
+        framework.hello.rps().round(),
+        framework.same_binary.rps().round()
     );
 }
 

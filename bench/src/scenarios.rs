@@ -81,6 +81,10 @@ pub struct Framework {
     /// the Prometheus recorder and the functions' accept loop.
     pub function: Series,
     pub hello: Series,
+    /// Diagnostic: bench-layers `bare`, the same server as bench-hello in
+    /// the function row's binary, so that the two rows differ only by what
+    /// each request runs, not by how two binaries' code is laid out.
+    pub same_binary: Series,
     /// Diagnostic: the function with `RUST_LOG=warn`, so nothing at `info`
     /// is even considered.
     pub quiet: Series,
@@ -405,6 +409,12 @@ impl Bench<'_> {
             )
         };
         let function = layered("info", &[], "layers-function")?;
+        let same_binary = Process::http_with_args(
+            &settings.binary("bench-layers"),
+            &["bare"],
+            &[("RUST_LOG".to_owned(), "info".to_owned())],
+            &self.log("layers-bare"),
+        )?;
         let quiet = layered("warn", &[], "layers-quiet")?;
         let access_log = layered("info,access=debug", &[], "layers-access-log")?;
         let sink = self.runtime.block_on(otlp_sink())?;
@@ -433,6 +443,10 @@ impl Bench<'_> {
                 "healthz-hello",
             ),
             (
+                self.saturate(&same_binary, Script::get("/healthz")),
+                "healthz-same-binary",
+            ),
+            (
                 self.saturate(&access_log, Script::get("/healthz")),
                 "healthz-access-log",
             ),
@@ -456,6 +470,7 @@ impl Bench<'_> {
                 &mut result.function,
                 &mut result.quiet,
                 &mut result.hello,
+                &mut result.same_binary,
                 &mut result.access_log,
                 &mut result.traced,
                 &mut result.probe,
@@ -470,6 +485,7 @@ impl Bench<'_> {
         traced.stop()?;
         probe.stop()?;
         hello.stop()?;
+        same_binary.stop()?;
         Ok(result)
     }
 
