@@ -272,7 +272,8 @@ impl Open {
     /// the handle returned is dropped.
     fn check_deadlines(&self, timeout: Duration) -> Option<AbortOnDropHandle<()>> {
         CHECKED_AT_MS.fetch_max(now_ms(), Ordering::Relaxed);
-        let every = timeout / CHECKS_PER_TIMEOUT;
+        // The deadlines are in milliseconds: checking more often finds nothing new.
+        let every = (timeout / CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
         let open = Arc::downgrade(&self.0);
         let started = std::thread::Builder::new()
             .name("deadlines".into())
