@@ -302,3 +302,55 @@ async fn a_consumer_killed_mid_stream_and_restarted_records_every_event_exactly_
     assert_eq!(recorded.into_iter().collect::<HashSet<_>>(), published);
     assert_eq!(env.count("outbox").await, 0, "events left in the outbox");
 }
+
+#[tokio::test]
+async fn every_response_echoes_its_request_id_and_the_access_line_carries_the_same() {
+    let env = TestEnv::new();
+    let access_log = ("RUST_LOG", "info,access=debug".to_owned());
+    let status =
+        FunctionProcess::start_with("status", env.vars().into_iter().chain([access_log])).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/status", status.base_url);
+
+    // A caller's id comes back as it was sent, and is the one logged.
+    let response = client
+        .get(&url)
+        .header("x-request-id", "caller-7f3a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-request-id"], "caller-7f3a");
+
+    // Without one, each response gets a new id: this process's prefix and a count.
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let (prefix, count) = id.split_once('-').expect("prefix-count");
+        assert_eq!(prefix.len(), 16, "{id}");
+        assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        made.push((prefix.to_owned(), count.parse::<u64>().expect("a count")));
+    }
+    assert_eq!(made[0].0, made[1].0, "one process, one prefix");
+    assert_ne!(made[0].1, made[1].1, "an id was made twice");
+
+    for id in [
+        "caller-7f3a".to_owned(),
+        format!("{}-{}", made[0].0, made[0].1),
+        format!("{}-{}", made[1].0, made[1].1),
+    ] {
+        let needle = format!("\"request_id\":\"{id}\"");
+        let line = status
+            .process
+            .wait_for_line(&needle, Duration::from_secs(5))
+            .await;
+        let line: Value = serde_json::from_str(&line).expect("a JSON log line");
+        assert_eq!(line["spans"][0]["request_id"], id.as_str(), "{line}");
+        assert_eq!(line["status"], 401, "{line}");
+    }
+}
