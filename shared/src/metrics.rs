@@ -89,19 +89,6 @@ pub async fn start(function: &'static str, port: Option<u16>) -> Result<(), Metr
         return Ok(());
     }
     let handle = install_recorder()?;
-    // On a thread rather than a tokio timer, which, always pending, would
-    // make each idle worker work out when to wake every time it parks: a
-    // cost on every cheap request (BENCHMARKS.md, section 3).
-    let upkeep = handle.clone();
-    std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP);
-                upkeep.run_upkeep();
-            }
-        })
-        .map_err(MetricsError::Upkeep)?;
     let Some(port) = port else {
         return Ok(());
     };
@@ -133,6 +120,19 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
         .map_err(|err| MetricsError::Recorder(err.to_string()))?
         .install_recorder()
         .map_err(|err| MetricsError::Recorder(err.to_string()))?;
+    // Once, with the recorder; on a thread rather than a tokio timer, which,
+    // always pending, would make each idle worker work out when to wake every
+    // time it parks: a cost on every cheap request (BENCHMARKS.md, section 3).
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP);
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(MetricsError::Upkeep)?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

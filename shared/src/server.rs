@@ -16,7 +16,7 @@
 //! tokio timer: a timer always pending makes each idle worker work out when
 //! to wake every time it parks, a cost on every cheap request. The check also
 //! keeps the clock an answered request reads its next deadline from
-//! ([`Clock`]).
+//! ([`CHECKED_AT_MS`]).
 
 use std::{
     convert::Infallible,
