@@ -981,9 +981,9 @@ where
 /// has made, as `5f0c39a1d2e84b76-1042` (the scheme of chi's and Echo's
 /// request-id middleware). An id has to be unique, not unguessable: 64 random
 /// bits keep two processes' ids apart, and the count one process's. Making a
-/// random UUID and writing it out cost a third of the edge's own work per
-/// request (BENCHMARKS.md, section 3); this costs an atomic add and a few
-/// digits.
+/// random UUID and writing it out cost about 500 instructions, a sixth of the
+/// edge's own work per request (BENCHMARKS.md, section 3); this costs an
+/// atomic add and a few digits.
 fn new_request_id() -> HeaderValue {
     const PREFIX: usize = 17;
     static PROCESS: OnceLock<[u8; PREFIX]> = OnceLock::new();
