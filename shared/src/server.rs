@@ -71,6 +71,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(max_connections));
     let open = Open::default();
     let header_read_timeout = limits.header_read_timeout;
+    let idle_allowance = idle_allowance(header_read_timeout);
     // Stopped with the server, also when this future is dropped unfinished.
     let _deadlines = open.check_deadlines(header_read_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -103,7 +104,7 @@ pub async fn run(
             peer: app.wants_peer_address().then_some(peer),
             app: app.clone(),
             connection,
-            idle_allowance: idle_allowance(header_read_timeout),
+            idle_allowance,
         };
         let served = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
