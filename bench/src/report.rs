@@ -556,13 +556,18 @@ fn include_section(out: &mut String, heading: &str, text: &str) {
     }
 }
 
-fn framework_section(out: &mut String, framework: &Framework) {
-    let ratios = framework.ratios();
-    let overheads = ratios
+/// Each run's overhead, `1 - ratio`, for the report.
+fn overheads(ratios: &[f64]) -> String {
+    ratios
         .iter()
         .map(|r| percent(1.0 - r))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+fn framework_section(out: &mut String, framework: &Framework) {
+    let ratios = framework.ratios();
+    let per_run = overheads(&ratios);
     out.push_str(
         "\n## 3. Framework floor: `GET /healthz` against bare axum\n\n\
          `bench-hello`, a bare axum server in the bench crate built with the same release \
@@ -626,7 +631,7 @@ fn framework_section(out: &mut String, framework: &Framework) {
     let overhead = 1.0 - median(ratios.iter().copied());
     let _ = writeln!(
         out,
-        "| **overhead = 1 - function / bare** | **{}** | target < 10% | met: {} | {overheads} | |",
+        "| **overhead = 1 - function / bare** | **{}** | target < 10% | met: {} | {per_run} | |",
         percent(overhead),
         if overhead < FRAMEWORK_OVERHEAD_TARGET {
             "yes"
@@ -644,12 +649,7 @@ fn framework_section(out: &mut String, framework: &Framework) {
         percent(1.0 - access_log.ratio()),
         percent(1.0 - traced.ratio()),
         percent(1.0 - same_binary.ratio()),
-        same_binary
-            .ratios()
-            .iter()
-            .map(|r| percent(1.0 - r))
-            .collect::<Vec<_>>()
-            .join(", "),
+        overheads(&same_binary.ratios()),
         framework.hello.rps().round(),
         framework.same_binary.rps().round()
     );
