@@ -66,7 +66,12 @@ pub async fn run(
         .max_connections
         .min(file_limit().saturating_sub(RESERVED_FILES))
         .max(1);
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A response's head and body copied into one buffer and sent with one
+    // write: the bodies here are small JSON, and queueing the two for a
+    // vectored write costs hyper more than the copy (about 590 instructions
+    // per request; BENCHMARKS.md, section 3).
+    http.writev(false);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     let open = Open::default();
