@@ -34,10 +34,7 @@ use std::{
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, oneshot},
-};
+use tokio::{net::TcpListener, sync::Semaphore, task::AbortHandle};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::HttpLimits;
@@ -104,28 +101,23 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let (connection, closed) = open.push(max_connections, header_read_timeout);
+        let connection = open.push(max_connections, header_read_timeout);
         let service = Tracked {
             peer: app.wants_peer_address().then_some(peer),
             app: app.clone(),
-            connection,
+            connection: Arc::clone(&connection),
             idle_allowance,
         };
         let served = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        // Closing the connection aborts this task, which drops the connection
+        // and so closes its socket: nothing but the connection is polled.
+        let task = tokio::spawn(async move {
             let _slot = slot;
-            tokio::select! {
-                // In order: picking one at random costs a random number per poll.
-                biased;
-                result = served => {
-                    if let Err(err) = result {
-                        tracing::debug!(error = %err, "connection closed");
-                    }
-                }
-                // Dropping the connection closes its socket.
-                Ok(()) = closed => {}
+            if let Err(err) = served.await {
+                tracing::debug!(error = %err, "connection closed");
             }
         });
+        connection.started(task.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -184,30 +176,53 @@ struct Connection {
     /// By when (on [`now_ms`]'s clock) its next request's headers must have
     /// arrived; [`ANSWERING`] while a request is being answered.
     deadline: AtomicU64,
-    /// Closes it: its task gives up on it when this fires.
-    close: Mutex<Option<oneshot::Sender<()>>>,
+    /// The task that serves it, which closing it aborts.
+    task: Mutex<Task>,
+}
+
+/// A connection's task, as [`Connection::close`] finds it.
+enum Task {
+    /// Registered, its task not yet spawned.
+    Starting,
+    Running(AbortHandle),
+    Closed,
 }
 
 impl Connection {
+    fn task(&self) -> std::sync::MutexGuard<'_, Task> {
+        self.task.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Its task is `handle`; aborted at once if it was closed while starting.
+    fn started(&self, handle: AbortHandle) {
+        let mut task = self.task();
+        match *task {
+            Task::Closed => handle.abort(),
+            _ => *task = Task::Running(handle),
+        }
+    }
+
     /// Closes it; false if it was closed already.
     fn close(&self) -> bool {
-        let close = self
-            .close
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        close.is_some_and(|close| close.send(()).is_ok())
+        match std::mem::replace(&mut *self.task(), Task::Closed) {
+            Task::Starting => true,
+            Task::Running(handle) => {
+                let open = !handle.is_finished();
+                handle.abort();
+                open
+            }
+            Task::Closed => false,
+        }
     }
 
     /// Neither closed nor ever sent a request.
     fn evictable(&self) -> bool {
         !self.active.load(Ordering::Relaxed)
-            && self
-                .close
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .is_some_and(|close| !close.is_closed())
+            && match &*self.task() {
+                Task::Starting => true,
+                Task::Running(handle) => !handle.is_finished(),
+                Task::Closed => false,
+            }
     }
 }
 
@@ -221,17 +236,12 @@ impl Open {
     }
 
     /// Registers a new connection that must send its first headers within
-    /// `header_read_timeout`; returns it and the signal that closes it.
-    fn push(
-        &self,
-        max_connections: usize,
-        header_read_timeout: Duration,
-    ) -> (Arc<Connection>, oneshot::Receiver<()>) {
-        let (close, closed) = oneshot::channel();
+    /// `header_read_timeout`; its task is given by [`Connection::started`].
+    fn push(&self, max_connections: usize, header_read_timeout: Duration) -> Arc<Connection> {
         let connection = Arc::new(Connection {
             active: AtomicBool::new(false),
             deadline: AtomicU64::new(deadline_after(header_read_timeout)),
-            close: Mutex::new(Some(close)),
+            task: Mutex::new(Task::Starting),
         });
         let mut open = self.lock();
         // Closed connections go when they could outnumber the open ones.
@@ -239,7 +249,7 @@ impl Open {
             open.retain(|connection| connection.strong_count() > 0);
         }
         open.push(Arc::downgrade(&connection));
-        (connection, closed)
+        connection
     }
 
     /// Closes the oldest connection that has not sent a request; false if there is none.
@@ -392,26 +402,53 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(60);
 
-    #[test]
-    fn the_oldest_connection_without_a_request_is_evicted_first() {
+    /// A connection registered in `open` with a task that serves until closed.
+    fn serving(open: &Open) -> (Arc<Connection>, tokio::task::JoinHandle<()>) {
+        let connection = open.push(10, TIMEOUT);
+        let task = tokio::spawn(std::future::pending());
+        connection.started(task.abort_handle());
+        (connection, task)
+    }
+
+    /// Whether closing `task` ended it, within a deadline.
+    async fn aborted(task: tokio::task::JoinHandle<()>) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .is_ok_and(|ended| ended.is_err_and(|err| err.is_cancelled()))
+    }
+
+    #[tokio::test]
+    async fn the_oldest_connection_without_a_request_is_evicted_first() {
         let open = Open::default();
-        let (first, mut first_closed) = open.push(10, TIMEOUT);
-        let (_second, mut second_closed) = open.push(10, TIMEOUT);
-        let (third, mut third_closed) = open.push(10, TIMEOUT);
+        let (first, first_task) = serving(&open);
+        let (_second, second_task) = serving(&open);
+        let (third, third_task) = serving(&open);
         first.active.store(true, Ordering::Relaxed);
 
         assert!(open.evict_oldest());
+        assert!(aborted(second_task).await);
         assert!(
-            first_closed.try_recv().is_err(),
+            !first_task.is_finished(),
             "an active connection was evicted"
         );
-        assert!(second_closed.try_recv().is_ok());
-        assert!(third_closed.try_recv().is_err());
-        drop((third, third_closed));
+        assert!(!third_task.is_finished());
+        third.close();
+        assert!(aborted(third_task).await);
         assert!(
             !open.evict_oldest(),
             "a closed connection counts as a candidate"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_its_task_starts_is_aborted_once_it_does() {
+        let open = Open::default();
+        let connection = open.push(10, TIMEOUT);
+        assert!(connection.close());
+        assert!(!connection.close(), "closed twice");
+        let task = tokio::spawn(std::future::pending());
+        connection.started(task.abort_handle());
+        assert!(aborted(task).await);
     }
 
     #[test]
@@ -423,20 +460,20 @@ mod tests {
         assert!(open.lock().len() <= 9);
     }
 
-    #[test]
-    fn only_connections_past_their_deadline_are_closed() {
+    #[tokio::test]
+    async fn only_connections_past_their_deadline_are_closed() {
         let open = Open::default();
-        let (overdue, mut overdue_closed) = open.push(10, TIMEOUT);
-        let (answering, mut answering_closed) = open.push(10, TIMEOUT);
-        let (_waiting, mut waiting_closed) = open.push(10, TIMEOUT);
+        let (overdue, overdue_task) = serving(&open);
+        let (answering, answering_task) = serving(&open);
+        let (_waiting, waiting_task) = serving(&open);
         overdue.deadline.store(now_ms(), Ordering::Relaxed);
         answering.deadline.store(ANSWERING, Ordering::Relaxed);
 
         open.close_overdue();
-        assert!(overdue_closed.try_recv().is_ok());
-        assert!(answering_closed.try_recv().is_err());
-        assert!(waiting_closed.try_recv().is_err());
-        drop((overdue, overdue_closed));
+        assert!(aborted(overdue_task).await);
+        assert!(!answering_task.is_finished());
+        assert!(!waiting_task.is_finished());
+        drop(overdue);
         open.close_overdue();
         assert_eq!(open.lock().len(), 2, "a closed connection is still tracked");
     }
