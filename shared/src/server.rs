@@ -188,6 +188,17 @@ enum Task {
     Closed,
 }
 
+impl Task {
+    /// Whether its connection is served, or about to be.
+    fn is_open(&self) -> bool {
+        match self {
+            Task::Starting => true,
+            Task::Running(handle) => !handle.is_finished(),
+            Task::Closed => false,
+        }
+    }
+}
+
 impl Connection {
     fn task(&self) -> std::sync::MutexGuard<'_, Task> {
         self.task.lock().unwrap_or_else(PoisonError::into_inner)
@@ -204,25 +215,17 @@ impl Connection {
 
     /// Closes it; false if it was closed already.
     fn close(&self) -> bool {
-        match std::mem::replace(&mut *self.task(), Task::Closed) {
-            Task::Starting => true,
-            Task::Running(handle) => {
-                let open = !handle.is_finished();
-                handle.abort();
-                open
-            }
-            Task::Closed => false,
+        let task = std::mem::replace(&mut *self.task(), Task::Closed);
+        let open = task.is_open();
+        if let Task::Running(handle) = task {
+            handle.abort();
         }
+        open
     }
 
     /// Neither closed nor ever sent a request.
     fn evictable(&self) -> bool {
-        !self.active.load(Ordering::Relaxed)
-            && match &*self.task() {
-                Task::Starting => true,
-                Task::Running(handle) => !handle.is_finished(),
-                Task::Closed => false,
-            }
+        !self.active.load(Ordering::Relaxed) && self.task().is_open()
     }
 }
 
