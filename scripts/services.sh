@@ -14,6 +14,10 @@
 #                            system cluster's 5432, which is never used nor started)
 #   FINAPP_RABBITMQ_PORT     RabbitMQ's port (5672)
 #   FINAPP_STATE_DIR         data and logs ($ROOT/.dev)
+#   FINAPP_POSTGRES_FAST_COMMIT=1  opt in to synchronous_commit = off (commits
+#                            acknowledged before they reach the disk: a crash of
+#                            PostgreSQL loses the last of them). Never the default:
+#                            by default an acknowledged write survives a crash
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +25,7 @@ STATE="${FINAPP_STATE_DIR:-$ROOT/.dev}"
 BACKEND="${FINAPP_FERRETDB_BACKEND:-postgresql}"
 MONGODB_PORT="${FINAPP_MONGODB_PORT:-27017}"
 POSTGRES_PORT="${FINAPP_POSTGRES_PORT:-5433}"
+if [ "${FINAPP_POSTGRES_FAST_COMMIT:-0}" = 1 ]; then SYNC_COMMIT=off; else SYNC_COMMIT=on; fi
 RABBITMQ_PORT="${FINAPP_RABBITMQ_PORT:-5672}"
 export PATH="$PATH:/usr/local/go/bin"
 GOBIN_DIR="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
@@ -130,8 +135,11 @@ pg_datadir() {
 }
 
 start_postgresql() {
-  port_open "$POSTGRES_PORT" && return
   local bin data
+  if port_open "$POSTGRES_PORT"; then
+    ensure_commit_durability
+    return
+  fi
   bin="$(pg_bindir)"
   if [ "$(id -u)" -eq 0 ] && ! id "$PG_USER" >/dev/null 2>&1; then
     log "creating the system user $PG_USER to run PostgreSQL (it refuses to run as root)"
@@ -146,14 +154,14 @@ start_postgresql() {
     # trust on loopback only: a private development cluster, like FerretDB's own port.
     as_pg_user "$bin/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
       >"$STATE/postgres-initdb.log" 2>&1 || { show_log "$STATE/postgres-initdb.log"; return 1; }
-    # Development settings: no Unix socket (TCP on loopback only), and commits
-    # that do not wait for the disk (a crash may lose the last few, never corrupts).
+    # No Unix socket (TCP on loopback only). Commits are durable as
+    # PostgreSQL's defaults have them (fsync, synchronous_commit on): see
+    # ensure_commit_durability.
     cat >>"$data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 max_connections = 200
 shared_buffers = 256MB
-synchronous_commit = off
 CONF
   fi
   log "starting PostgreSQL on 127.0.0.1:$POSTGRES_PORT (data in $data, log in $data.log)"
@@ -168,6 +176,21 @@ CONF
   # The file is read by psql as the unprivileged user: pass it on stdin.
   as_pg_user "$bin/psql" -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d ferretdb -v ON_ERROR_STOP=1 \
     <"$ROOT/tools/ferretdb/gin-twins.sql" >/dev/null
+  ensure_commit_durability
+}
+
+# An acknowledged commit must survive a crash of PostgreSQL: fsync and
+# synchronous_commit on, set (ALTER SYSTEM, then a reload) on every run, so a
+# cluster made by an older services.sh with synchronous_commit = off in its
+# postgresql.conf is brought back too. FINAPP_POSTGRES_FAST_COMMIT=1 opts out.
+ensure_commit_durability() {
+  local bin
+  bin="$(pg_bindir)"
+  as_pg_user "$bin/psql" -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    -c "ALTER SYSTEM SET fsync = on" \
+    -c "ALTER SYSTEM SET synchronous_commit = '$SYNC_COMMIT'" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+  [ "$SYNC_COMMIT" = on ] || log "PostgreSQL commits are not durable (FINAPP_POSTGRES_FAST_COMMIT=1)"
 }
 
 install_rabbitmq() {

@@ -6,7 +6,8 @@
 //! publishes them oldest first on one confirm-mode channel, waits for the
 //! confirms together, and deletes the records the broker took. A record whose
 //! publish failed stays for the next round; a relay that died leaves the lock
-//! to the next once its lease ends. A record's `traceparent` (the span of the
+//! to the next once its lease ends. Before publishing, the relay makes the
+//! change each record carries, if its request has not (`store::effects`). A record's `traceparent` (the span of the
 //! request that recorded it) goes out as the message's `traceparent` header.
 //! The consumer records each event id once, so a record published twice (a
 //! crash between confirm and delete) counts once.
@@ -27,13 +28,16 @@ use finapp_shared::{
     Deps,
     auth::TokenKeys,
     metrics,
-    store::{OutboxBacklog, OutboxRecord, Store, StoreError},
+    store::{Applied, OutboxBacklog, OutboxRecord, Store, StoreError},
 };
+use futures_util::future::try_join_all;
 
 use crate::publisher::{Outgoing, PublishError, Publisher};
 
 /// Most records read and published per round.
 pub const BATCH: usize = 256;
+/// Effects made at once before a batch is published: each is one round trip.
+const EFFECTS_IN_FLIGHT: usize = 8;
 /// How long the relay lock lasts unrenewed: well beyond a round's worst case
 /// (a connect and a batch's confirms, [`crate::topology::BROKER_TIMEOUT`] each),
 /// and how long a relay that died keeps the next one waiting.
@@ -123,6 +127,10 @@ impl<'a> Relay<'a> {
         } else {
             tracing::debug!(depth = backlog.depth, oldest_age_ms, "outbox backlog");
         }
+        let records = self.finish_requests(records).await?;
+        if records.is_empty() {
+            return Ok(round);
+        }
         let tokens: Vec<SecretString> = records
             .iter()
             .map(|record| self.tokens.issue_event(&record.event.username))
@@ -156,6 +164,47 @@ impl<'a> Relay<'a> {
         round.published = published.len();
         metrics::events_relayed(published.len() as u64);
         Ok(round)
+    }
+
+    /// Makes the effect of every record that carries one, so no event is
+    /// published before the change it reports is stored: a request that
+    /// stopped between its outbox record and its change is finished here
+    /// (see `store::effects`); for the others it is a no-op. A record whose
+    /// change cannot be made (its username was taken by another sign-up) is
+    /// deleted unpublished. Fails, leaving the batch for the next round, when
+    /// any change fails.
+    async fn finish_requests(
+        &self,
+        records: Vec<OutboxRecord>,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for chunk in records.chunks(EFFECTS_IN_FLIGHT) {
+            let applied = try_join_all(chunk.iter().map(|record| self.finish(record))).await?;
+            outcomes.extend(applied);
+        }
+        let (ready, refused): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .zip(outcomes)
+            .partition(|(_, applied)| *applied == Applied::Done);
+        if !refused.is_empty() {
+            let ids: Vec<&str> = refused
+                .iter()
+                .map(|(record, _)| record.id.as_str())
+                .collect();
+            tracing::info!(
+                count = ids.len(),
+                "outbox events of refused sign-ups dropped unpublished"
+            );
+            self.store.forget_outbox(&ids).await?;
+        }
+        Ok(ready.into_iter().map(|(record, _)| record).collect())
+    }
+
+    async fn finish(&self, record: &OutboxRecord) -> Result<Applied, StoreError> {
+        match &record.effect {
+            Some(effect) => self.store.apply_effect(&record.id, effect).await,
+            None => Ok(Applied::Done),
+        }
     }
 
     /// The backlog `batch` shows; when it is a full batch, the depth is the

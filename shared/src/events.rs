@@ -65,11 +65,17 @@ pub struct Event {
 
 impl Event {
     pub fn new(kind: EventType, username: &str, message: impl Into<String>) -> Self {
+        Self::with_id(Uuid::now_v7(), kind, username, message)
+    }
+
+    /// An event with an id chosen beforehand: a request retried under its
+    /// `Idempotency-Key` records its event under the first attempt's id.
+    pub fn with_id(id: Uuid, kind: EventType, username: &str, message: impl Into<String>) -> Self {
         let timestamp_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Self {
-            id: Uuid::now_v7(),
+            id,
             kind,
             username: username.to_owned(),
             timestamp_ms,

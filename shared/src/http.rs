@@ -112,30 +112,29 @@ pub enum InternalError {
     Password(#[from] PasswordError),
 }
 
+/// Every database failure is a 503 with `Retry-After`: whatever the driver
+/// says when FerretDB, its PostgreSQL or MongoDB goes away mid-request (no
+/// server to select, a reset connection, a backend error, a failed write
+/// concern), the request did not happen or is finished by a retry (see
+/// `store::effects`), so the client's answer is "try again". Refusals that
+/// are the client's (a name taken) are decided at the call site before this.
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         metrics::mongodb_error(err.operation());
-        if err.is_unavailable() {
-            tracing::warn!(error = %err, "database unavailable");
-            ApiError::Unavailable("the database is unavailable; try again shortly".into())
-        } else if err.is_time_limit() {
+        if err.is_time_limit() {
             tracing::warn!(error = %err, "database read over its time limit");
             ApiError::Unavailable(
                 "the database is too busy to answer in time; try again shortly".into(),
             )
         } else {
-            ApiError::Internal(err.into())
+            if err.is_unavailable() {
+                tracing::warn!(error = %err, "database unavailable");
+            } else {
+                // Not a known outage: worth an operator's look.
+                tracing::error!(error = %err, "database error");
+            }
+            ApiError::Unavailable("the database is unavailable; try again shortly".into())
         }
-    }
-}
-
-impl ApiError {
-    /// The answer when a request's event could not be recorded in the outbox:
-    /// 503, so the client retries, rather than an event silently lost.
-    pub fn event_not_recorded(err: StoreError) -> Self {
-        metrics::mongodb_error(err.operation());
-        tracing::error!(error = %err, "record event in the outbox");
-        ApiError::Unavailable("the event could not be recorded; try again shortly".into())
     }
 }
 

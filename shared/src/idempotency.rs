@@ -8,11 +8,17 @@
 //! A repeat while the first is still running waits for it, up to
 //! [`wait_limit`], then gets 409. The same key with another body is a 422.
 //!
-//! Only successes are recorded. A request that fails (any 4xx or 5xx) gives
-//! its claim up, as Powertools does: every refusal here (validation, the
-//! pending cap, an unknown option, the database down) is decided before
-//! anything is written or means the client should try again, so a retry with
-//! the same key must run afresh, not be told the old refusal for 24 hours.
+//! Only successes are recorded. A request refused with a 4xx gives its
+//! claim up, as Powertools does: every such refusal (validation, the pending
+//! cap, an unknown option) is decided before anything is written, so a retry
+//! with the same key, perhaps with a corrected body, runs afresh. A request
+//! that fails with a 5xx (the database went away, a timeout), or whose
+//! process stopped, may have written: its claim is kept with the ids it
+//! wrote with (`store::WriteIds`) and its lease ended (or left to run out),
+//! and the next request with the key takes it over and finishes the write
+//! under the same ids. So a key yields one write and one event whatever
+//! happened to its first attempt, and the retry's answer is the answer the
+//! first would have given.
 //!
 //! Without the header nothing here runs: no extra round trip.
 
@@ -31,7 +37,7 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     deps::Deps,
     http::ApiError,
-    store::{Claim, ClaimToken, KeyClaim, StoredResponse},
+    store::{Claim, ClaimToken, KeyClaim, StoredResponse, WriteIds},
 };
 
 /// The request header.
@@ -175,16 +181,24 @@ pub fn wait_limit(request_timeout: Duration) -> Duration {
     request_timeout * 3 / 4
 }
 
-/// Runs `write` once per key: without a key, simply runs it; with one, runs
-/// it only if this request wins the key, and otherwise answers what the
-/// winner answered (see the module's documentation).
-pub async fn run<R: IntoResponse>(
+/// Runs `write` once per key: without a key, simply runs it with fresh ids;
+/// with one, runs it only if this request wins the key, with the key's write
+/// ids, and otherwise answers what the winner answered (see the module's
+/// documentation).
+pub async fn run<R, W, F>(
     deps: &Deps,
     request: Option<KeyedRequest>,
-    write: impl Future<Output = Result<R, ApiError>>,
-) -> Result<Response, ApiError> {
+    write: W,
+) -> Result<Response, ApiError>
+where
+    R: IntoResponse,
+    W: FnOnce(WriteIds) -> F,
+    F: Future<Output = Result<R, ApiError>>,
+{
     let Some(request) = request else {
-        return write.await.map(IntoResponse::into_response);
+        return write(WriteIds::fresh())
+            .await
+            .map(IntoResponse::into_response);
     };
     let claim = KeyClaim {
         user: &request.user,
@@ -194,10 +208,12 @@ pub async fn run<R: IntoResponse>(
         ttl: deps.config.idempotency_ttl,
     };
     let deadline = tokio::time::Instant::now() + wait_limit(deps.config.limits.request_timeout);
-    let mut state = deps.store.claim_idempotency_key(&claim).await?;
+    deps.store
+        .purge_expired_idempotency_keys(&request.user)
+        .await?;
     loop {
-        match state {
-            Claim::Won(token) => return perform(deps, token, write).await,
+        match deps.store.claim_idempotency_key(&claim).await? {
+            Claim::Won(token) => return perform(deps, token, write(token.writes)).await,
             Claim::Completed(stored) => return Ok(replay(&stored, true)),
             Claim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
             Claim::InProgress => {
@@ -205,18 +221,13 @@ pub async fn run<R: IntoResponse>(
                     return Err(ApiError::IdempotencyKeyInProgress);
                 }
                 tokio::time::sleep(POLL_INTERVAL).await;
-                state = match deps.store.inspect_idempotency_key(&claim).await? {
-                    Some(state) => state,
-                    // Released by a failed winner, or expired: try to claim it.
-                    None => deps.store.claim_idempotency_key(&claim).await?,
-                };
             }
         }
     }
 }
 
 /// The winner's part: the write, then its response recorded (a success) or
-/// the claim given up (a failure).
+/// the claim given up (a refusal) or left for a retry (a failure).
 async fn perform<R: IntoResponse>(
     deps: &Deps,
     token: ClaimToken,
@@ -225,12 +236,12 @@ async fn perform<R: IntoResponse>(
     let response = match write.await {
         Ok(answer) => answer.into_response(),
         Err(err) => {
-            release(deps, token).await;
+            give_up(deps, token, err.status()).await;
             return Err(err);
         }
     };
     if !response.status().is_success() {
-        release(deps, token).await;
+        give_up(deps, token, response.status()).await;
         return Ok(response);
     }
     let status = response.status();
@@ -241,7 +252,7 @@ async fn perform<R: IntoResponse>(
     else {
         // Never happens with our JSON bodies; the write is done, so say so.
         tracing::error!("a response could not be recorded for its Idempotency-Key");
-        release(deps, token).await;
+        give_up(deps, token, StatusCode::INTERNAL_SERVER_ERROR).await;
         return Ok(status.into_response());
     };
     let stored = StoredResponse {
@@ -251,16 +262,24 @@ async fn perform<R: IntoResponse>(
     match deps.store.complete_idempotency_key(token, &stored).await {
         Ok(true) => {}
         Ok(false) => tracing::warn!("the Idempotency-Key claim was taken over before completion"),
-        // The write is done: answer it. A retry after the lease redoes it.
+        // The write is done: answer it. A retry after the lease redoes it
+        // under the same ids, which changes nothing.
         Err(err) => tracing::error!(error = %err, "record the response of an Idempotency-Key"),
     }
     Ok(replay(&stored, false))
 }
 
-async fn release(deps: &Deps, token: ClaimToken) {
-    if let Err(err) = deps.store.release_idempotency_key(token).await {
+/// Ends a claim whose request did not succeed: released after a refusal
+/// (4xx, nothing written), abandoned with its write ids after a failure.
+async fn give_up(deps: &Deps, token: ClaimToken, status: StatusCode) {
+    let result = if status.is_client_error() {
+        deps.store.release_idempotency_key(token).await
+    } else {
+        deps.store.abandon_idempotency_key(token).await
+    };
+    if let Err(err) = result {
         // The claim then lapses with its lease.
-        tracing::warn!(error = %err, "release an Idempotency-Key claim");
+        tracing::warn!(error = %err, "end an Idempotency-Key claim");
     }
 }
 

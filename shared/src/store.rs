@@ -13,6 +13,7 @@
 
 mod analytics;
 mod applications;
+mod effects;
 mod financing;
 mod idempotency;
 mod login_failures;
@@ -23,8 +24,9 @@ pub use analytics::{AnalyticsDoc, AnalyticsSummary, FINANCING_CHECK_MARKER, LOGI
 pub use applications::{
     ApplicationDoc, ApplicationsPage, StatusChange, StatusCounts, UpdateCounts,
 };
+pub use effects::{Applied, Effect, WriteIds};
 pub use financing::FINANCING_OPTIONS_TTL;
-pub use idempotency::{Claim, ClaimToken, IdempotencyRecord, KeyClaim, StoredResponse};
+pub use idempotency::{Claim, ClaimToken, IdempotencyRecord, KeyClaim, StoredIds, StoredResponse};
 pub use login_failures::{FailureWindow, ThrottleKey};
 pub use outbox::{OutboxBacklog, OutboxRecord};
 pub use users::{InsertUserError, UserDoc};
@@ -99,13 +101,30 @@ impl StoreError {
     }
 }
 
+/// Server codes that mean the server, or its storage behind it, is going
+/// away or changing hands: HostUnreachable, HostNotFound, NetworkTimeout,
+/// ShutdownInProgress, PrimarySteppedDown, ExceededTimeLimit,
+/// SocketException, NotWritablePrimary, InterruptedAtShutdown,
+/// InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk,
+/// NotPrimaryOrSecondary; and 1, InternalError, which is what FerretDB
+/// answers when its PostgreSQL connection breaks.
+const OUTAGE_CODES: [i32; 13] = [
+    1, 6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
 fn is_unavailable(error: &mongodb::error::Error) -> bool {
-    matches!(
-        *error.kind,
+    let code = match error.kind.as_ref() {
         ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-    )
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. } => return true,
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => return true,
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_some() => return true,
+        _ => None,
+    };
+    code.is_some_and(|code| OUTAGE_CODES.contains(&code))
+        || error.contains_label("RetryableWriteError")
+        || error.contains_label("TransientTransactionError")
 }
 
 /// Names the operation a driver result belongs to, as `anyhow`'s

@@ -4,9 +4,13 @@
 use std::time::{Duration, Instant};
 
 use finapp_shared::{
+    events::{Event, EventType},
     finance::ApplicationRequest,
     idempotency::{IdempotencyKey, REPLAYED_HEADER},
-    store::{IdempotencyRecord, StoredResponse, collections},
+    store::{
+        ApplicationDoc, Claim, Effect, IdempotencyRecord, KeyClaim, OutboxRecord, StoredIds,
+        StoredResponse, collections,
+    },
 };
 use finapp_tests::{FunctionProcess, TestApp, TestEnv, all_functions, send};
 use mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
@@ -250,6 +254,7 @@ async fn an_expired_record_is_treated_as_absent_and_replaced() {
                 status: 201,
                 body: old_answer.into(),
             }),
+            writes: None,
         })
         .await
         .unwrap();
@@ -397,7 +402,7 @@ async fn selecting_twice_with_one_key_makes_one_selection_and_one_event() {
 }
 
 #[tokio::test]
-async fn a_failed_write_gives_its_key_up_so_a_retry_runs_afresh() {
+async fn a_refusal_gives_its_key_up_so_a_retry_runs_afresh() {
     let env = TestEnv::new().with_var("MAX_PENDING_APPLICATIONS", 1);
     let app = TestApp::spawn(&env, all_functions).await;
     let token = app.token_for("capped").await;
@@ -440,6 +445,7 @@ async fn a_key_in_progress_makes_a_repeat_wait_for_its_answer_or_409_and_an_aban
         lease_until,
         expires_at: at(Duration::from_secs(3600), true),
         response: None,
+        writes: None,
     };
     let keys = env
         .db()
@@ -501,4 +507,153 @@ async fn a_key_in_progress_makes_a_repeat_wait_for_its_answer_or_409_and_an_aban
     let stored = records(&env, "patient", KEY).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].response.as_ref().unwrap().body, taken.body);
+}
+
+/// How far a first attempt under a key got before its process died.
+#[derive(Clone, Copy, Debug)]
+enum Stopped {
+    /// It held the claim and had written nothing.
+    BeforeTheWrite,
+    /// It had recorded its event (carrying the application), not the application.
+    BetweenTheWrites,
+    /// It had written both and not yet recorded or sent its answer.
+    BeforeTheAnswer,
+}
+
+#[tokio::test]
+async fn a_key_whose_first_attempt_died_at_any_point_yields_one_application_and_its_answer() {
+    let env = TestEnv::new().with_var("HTTP_REQUEST_TIMEOUT_MS", 1000);
+    let app = TestApp::spawn(&env, all_functions).await;
+    for (n, stopped) in [
+        Stopped::BeforeTheWrite,
+        Stopped::BetweenTheWrites,
+        Stopped::BeforeTheAnswer,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let user = format!("stopped{n}");
+        let token = app.token_for(&user).await;
+        let body = application(500.0 + n as f64);
+        let (event, document) = (uuid::Uuid::now_v7(), ObjectId::new());
+        // The claim the first attempt held, its lease run out.
+        env.db()
+            .await
+            .collection::<IdempotencyRecord>(collections::IDEMPOTENCY_KEYS)
+            .insert_one(IdempotencyRecord {
+                id: ObjectId::new(),
+                user: user.clone(),
+                key: KEY.into(),
+                fingerprint: apply_fingerprint(&user, &body),
+                lease_until: at(Duration::from_millis(1), false),
+                expires_at: at(Duration::from_secs(3600), true),
+                response: None,
+                writes: Some(StoredIds { event, document }),
+            })
+            .await
+            .unwrap();
+        let request: ApplicationRequest = serde_json::from_value(body.clone()).unwrap();
+        let submitted = finapp_shared::finance::NewApplication::try_from(request).unwrap();
+        let record = OutboxRecord::new(&Event::with_id(
+            event,
+            EventType::ApplicationSubmitted,
+            &user,
+            "first attempt",
+        ))
+        .with_effect(Effect::InsertApplication {
+            id: document,
+            application: ApplicationDoc::pending(&submitted, &user),
+        });
+        match stopped {
+            Stopped::BeforeTheWrite => {}
+            Stopped::BetweenTheWrites => {
+                env.db()
+                    .await
+                    .collection::<OutboxRecord>(collections::OUTBOX)
+                    .insert_one(&record)
+                    .await
+                    .unwrap();
+            }
+            Stopped::BeforeTheAnswer => {
+                app.deps.store.commit(&record).await.unwrap();
+            }
+        }
+
+        let retried = answer(keyed(&app, "/apply", &token, KEY, &body)).await;
+        let again = answer(keyed(&app, "/apply", &token, KEY, &body)).await;
+
+        assert_eq!(retried.status, 201, "{stopped:?}: {retried:?}");
+        assert_eq!(
+            retried.json()["application_id"],
+            document.to_hex(),
+            "{stopped:?}: the retry answers the first attempt's application"
+        );
+        assert_eq!(
+            (again.status, again.body.as_str(), again.replayed),
+            (201, retried.body.as_str(), true),
+            "{stopped:?}"
+        );
+        assert_eq!(applications_of(&env, &user).await, 1, "{stopped:?}");
+        let events = env
+            .db()
+            .await
+            .collection::<Document>(collections::OUTBOX)
+            .count_documents(doc! { "event.username": &user })
+            .await
+            .unwrap();
+        assert_eq!(
+            events, 1,
+            "{stopped:?}: one event, under the first attempt's id"
+        );
+        let stored = env
+            .db()
+            .await
+            .collection::<OutboxRecord>(collections::OUTBOX)
+            .find_one(doc! { "event.username": &user })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.id, event.to_string(), "{stopped:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_abandoned_after_a_failure_is_taken_over_at_once_with_its_write_ids() {
+    let env = TestEnv::new();
+    let store = &env.deps().await.store;
+    let claim = KeyClaim {
+        user: "failing",
+        key: KEY,
+        fingerprint: "f",
+        lease: Duration::from_secs(600),
+        ttl: Duration::from_secs(3600),
+    };
+    let Claim::Won(first) = store.claim_idempotency_key(&claim).await.unwrap() else {
+        panic!("the first claim wins");
+    };
+    assert!(!first.writes.resumed);
+    assert_eq!(
+        store.claim_idempotency_key(&claim).await.unwrap(),
+        Claim::InProgress,
+        "a live claim is respected"
+    );
+
+    // A 5xx: the write may have happened.
+    store.abandon_idempotency_key(first).await.unwrap();
+    let Claim::Won(second) = store.claim_idempotency_key(&claim).await.unwrap() else {
+        panic!("an abandoned claim is taken over at once");
+    };
+
+    assert_eq!(second.writes.event, first.writes.event);
+    assert_eq!(second.writes.document, first.writes.document);
+    assert!(second.writes.resumed);
+    assert_eq!(records(&env, "failing", KEY).await.len(), 1);
+
+    // A 4xx: nothing was written, so the next claim starts afresh.
+    store.release_idempotency_key(second).await.unwrap();
+    let Claim::Won(third) = store.claim_idempotency_key(&claim).await.unwrap() else {
+        panic!("a released key is free");
+    };
+    assert_ne!(third.writes.event, first.writes.event);
+    assert!(!third.writes.resumed);
 }

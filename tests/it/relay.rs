@@ -488,7 +488,7 @@ async fn the_consumer_accepts_event_tokens_and_the_originals_plain_tokens_and_no
 }
 
 #[tokio::test]
-async fn a_request_whose_event_cannot_be_recorded_fails_with_503() {
+async fn a_request_whose_event_cannot_be_recorded_fails_with_503_and_changes_nothing() {
     let env = TestEnv::new();
     let app = TestApp::spawn(&env, all_functions).await;
     finapp_admin::seed_financing_options(&app.deps.store)
@@ -577,6 +577,23 @@ async fn a_request_whose_event_cannot_be_recorded_fails_with_503() {
         depth,
         "an event was recorded after all"
     );
+    // A request's change is one write with its event: none of them happened.
+    let db = env.db().await;
+    let count = |collection: &'static str, filter: Document| {
+        let db = db.clone();
+        async move {
+            db.collection::<Document>(collection)
+                .count_documents(filter)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("users", doc! { "username": "signup_blocked" }).await,
+        0
+    );
+    assert_eq!(count("applications", doc! {}).await, 0);
+    assert_eq!(count("user_financing_selections", doc! {}).await, 0);
 }
 
 #[tokio::test]

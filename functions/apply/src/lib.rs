@@ -1,5 +1,5 @@
-//! `POST /apply`: stores a finance application for the caller and records
-//! `application_submitted` in the outbox, unless the caller already has the most pending
+//! `POST /apply`: stores a finance application for the caller together with
+//! its `application_submitted` event, unless the caller already has the most pending
 //! applications allowed (`MAX_PENDING_APPLICATIONS`). `POST /apply-finance`, the path the original web
 //! client's form posts to, is the same endpoint under its old name.
 
@@ -12,6 +12,7 @@ use finapp_shared::{
     finance::{ApplicationRequest, NewApplication},
     http::{ApiError, AuthUser, ErrorBody, Json, Routes},
     idempotency::{self, IdempotencyHeader, IdempotencyKey},
+    store::{ApplicationDoc, Effect, OutboxRecord, WriteIds},
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,45 +84,51 @@ async fn submit_once(
     body: ApplicationRequest,
 ) -> Result<Response, ApiError> {
     let keyed = key.scope(&user.username, "apply", &body);
-    idempotency::run(deps, keyed, submit(deps, user, body)).await
+    idempotency::run(deps, keyed, |ids| submit(deps, user, body, ids)).await
 }
 
+/// One write: the outbox record of `application_submitted`, carrying the
+/// application (see `store::effects`), then the application itself.
 async fn submit(
     deps: &Deps,
     user: AuthUser,
     body: ApplicationRequest,
+    ids: WriteIds,
 ) -> Result<(StatusCode, axum::Json<ApplyResponse>), ApiError> {
     let application = NewApplication::try_from(body).map_err(ApiError::Validation)?;
-    // Checked before the insert, so concurrent requests of one user can pass
+    // Checked before the write, so concurrent requests of one user can pass
     // the cap by at most their number; it bounds growth, not an exact count.
+    // A retry of a key whose first attempt may have written is not checked
+    // again: it must find the application it wrote, not be refused for it.
     let cap = deps.config.accounts.max_pending_applications;
-    if deps.store.pending_count(&user.username, cap).await? >= cap {
+    if !ids.resumed && deps.store.pending_count(&user.username, cap).await? >= cap {
         return Err(ApiError::Conflict(format!(
             "you already have {cap} pending applications, the most allowed; \
              wait for a decision on them before applying again"
         )));
     }
-    let id = deps
-        .store
-        .insert_application(&application, &user.username)
-        .await?;
-    tracing::info!(application_id = %id, "application submitted");
-
     let message = format!(
         "Application by {} for {}",
         user.username, application.amount
     );
-    let event = Event::new(EventType::ApplicationSubmitted, &user.username, message);
-    deps.store
-        .record_event(&event)
-        .await
-        .map_err(ApiError::event_not_recorded)?;
+    let event = Event::with_id(
+        ids.event,
+        EventType::ApplicationSubmitted,
+        &user.username,
+        message,
+    );
+    let record = OutboxRecord::new(&event).with_effect(Effect::InsertApplication {
+        id: ids.document,
+        application: ApplicationDoc::pending(&application, &user.username),
+    });
+    deps.store.commit(&record).await?;
+    tracing::info!(application_id = %ids.document, "application submitted");
 
     Ok((
         StatusCode::CREATED,
         axum::Json(ApplyResponse {
             message: "Finance application submitted".into(),
-            application_id: id.to_hex(),
+            application_id: ids.document.to_hex(),
             submitted_by: user.username,
         }),
     ))

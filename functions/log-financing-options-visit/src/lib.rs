@@ -39,10 +39,7 @@ pub async fn log_visit(
 ) -> Result<axum::Json<VisitLogged>, ApiError> {
     let message = format!("User {} checked financing options", user.username);
     let event = Event::new(EventType::UserActivity, &user.username, message);
-    deps.store
-        .record_event(&event)
-        .await
-        .map_err(ApiError::event_not_recorded)?;
+    deps.store.record_event(&event).await?;
     Ok(axum::Json(VisitLogged {
         message: "Visit logged successfully".into(),
     }))

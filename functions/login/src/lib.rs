@@ -135,10 +135,7 @@ pub async fn login(
         &user.username,
         format!("User {} logged in", user.username),
     );
-    deps.store
-        .record_event(&event)
-        .await
-        .map_err(ApiError::event_not_recorded)?;
+    deps.store.record_event(&event).await?;
     tracing::info!("user logged in");
 
     Ok(axum::Json(LoginResponse {

@@ -9,9 +9,9 @@ use finapp_shared::{
     events::{Event, EventType},
     http::{ApiError, AuthUser, ErrorBody, Json, Routes},
     idempotency::{self, IdempotencyHeader, IdempotencyKey},
-    store::to_json,
+    store::{Effect, OutboxRecord, WriteIds, to_json},
 };
-use mongodb::bson::{Bson, oid::ObjectId};
+use mongodb::bson::{Bson, DateTime, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
 pub fn router(deps: Arc<Deps>) -> Routes {
@@ -57,13 +57,16 @@ pub async fn select(
     Json(body): Json<SelectRequest>,
 ) -> Result<Response, ApiError> {
     let keyed = key.scope(&user.username, "select-financing-option", &body);
-    idempotency::run(&deps, keyed, select_option(&deps, user, body)).await
+    idempotency::run(&deps, keyed, |ids| select_option(&deps, user, body, ids)).await
 }
 
+/// One write: the outbox record of `financing_option_selected`, carrying the
+/// selection (see `store::effects`), then the selection itself.
 async fn select_option(
     deps: &Deps,
     user: AuthUser,
     body: SelectRequest,
+    ids: WriteIds,
 ) -> Result<axum::Json<SelectResponse>, ApiError> {
     let id = ObjectId::parse_str(&body.option_id)
         .map_err(|_| ApiError::Validation("option_id must be a 24-character hex id".into()))?;
@@ -72,16 +75,21 @@ async fn select_option(
         .find_option(id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no financing option has that id".into()))?;
-    deps.store.select_option(&user.username, &option).await?;
-    tracing::info!(option_id = %id, "financing option selected");
-
     let name = option.get_str("option_name").unwrap_or("an option");
     let message = format!("User {} selected {name}", user.username);
-    let event = Event::new(EventType::FinancingOptionSelected, &user.username, message);
-    deps.store
-        .record_event(&event)
-        .await
-        .map_err(ApiError::event_not_recorded)?;
+    let event = Event::with_id(
+        ids.event,
+        EventType::FinancingOptionSelected,
+        &user.username,
+        message,
+    );
+    let record = OutboxRecord::new(&event).with_effect(Effect::Select {
+        user: user.username.clone(),
+        option: option.clone(),
+        at: DateTime::now(),
+    });
+    deps.store.commit(&record).await?;
+    tracing::info!(option_id = %id, "financing option selected");
 
     Ok(axum::Json(SelectResponse {
         message: "Financing option selected successfully".into(),

@@ -1,5 +1,5 @@
-//! `POST /signup`: registers a user, returns an access token, and records
-//! `user_registered` in the outbox.
+//! `POST /signup`: registers a user together with its `user_registered`
+//! event, and returns an access token.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use finapp_shared::{
     domain::{NewPassword, Username},
     events::{Event, EventType},
     http::{ApiError, ErrorBody, Json, Routes},
-    store::{InsertUserError, UserDoc},
+    store::{Applied, Effect, OutboxRecord, UserDoc, WriteIds},
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -63,25 +63,28 @@ pub async fn signup(
         return Err(taken());
     }
     let hash = deps.passwords.hash(password.into_secret()).await?;
-    deps.store
-        .insert_user(&UserDoc::new(username.as_str(), &hash, Role::User))
-        .await
-        .map_err(|err| match err {
-            InsertUserError::Taken => taken(),
-            InsertUserError::Store(err) => err.into(),
-        })?;
-    tracing::info!("user registered");
-
-    let token = deps.tokens.issue(username.as_str(), Role::User);
-    let event = Event::new(
+    // One write: the outbox record of `user_registered` carrying the user
+    // (see `store::effects`), then the user. A name taken in between is the
+    // other user's: this record goes (or the relay drops it) and nothing of
+    // this sign-up stays.
+    let ids = WriteIds::fresh();
+    let mut user = UserDoc::new(username.as_str(), &hash, Role::User);
+    user.id = Some(ids.document);
+    let event = Event::with_id(
+        ids.event,
         EventType::UserRegistered,
         username.as_str(),
         format!("User {} registered", username.as_str()),
     );
-    deps.store
-        .record_event(&event)
-        .await
-        .map_err(ApiError::event_not_recorded)?;
+    let record = OutboxRecord::new(&event).with_effect(Effect::InsertUser(user));
+    if deps.store.commit(&record).await? == Applied::Conflict {
+        if let Err(err) = deps.store.forget_outbox(&[&record.id]).await {
+            tracing::warn!(error = %err, "the refused sign-up's record stays for the relay to drop");
+        }
+        return Err(taken());
+    }
+    tracing::info!("user registered");
+    let token = deps.tokens.issue(username.as_str(), Role::User);
 
     Ok((
         StatusCode::CREATED,

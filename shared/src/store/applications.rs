@@ -10,7 +10,7 @@ use crate::finance::{NewApplication, PageRequest, Status};
 /// A document of `applications` as this bundle writes it. Reads go through
 /// [`to_json`] instead, so applications the original wrote (no `submitted_at`,
 /// an integer `amount`, no history) are shown as they are.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApplicationDoc {
     pub loan_types: Vec<String>,
     pub amount: f64,
@@ -20,6 +20,22 @@ pub struct ApplicationDoc {
     pub submitted_at: DateTime,
     /// The audit trail: one entry per status the application has had.
     pub status_history: Vec<StatusChange>,
+}
+
+impl ApplicationDoc {
+    /// `application` as submitted by `username` now, pending.
+    pub fn pending(application: &NewApplication, username: &str) -> Self {
+        let created = StatusChange::now(Status::Pending, username);
+        Self {
+            loan_types: application.loan_types.clone(),
+            amount: application.amount,
+            purpose: application.purpose.clone(),
+            status: Status::Pending.as_str().to_owned(),
+            submitted_by: username.to_owned(),
+            submitted_at: created.at,
+            status_history: vec![created],
+        }
+    }
 }
 
 /// One entry of an application's audit trail.
@@ -68,25 +84,16 @@ pub struct UpdateCounts {
 }
 
 impl Store {
-    /// Stores a new pending application by `username`; returns its id.
+    /// Stores a new pending application by `username`; returns its id. (The
+    /// apply function writes through [`Store::commit`] instead, with its event.)
     pub async fn insert_application(
         &self,
         application: &NewApplication,
         username: &str,
     ) -> Result<ObjectId, StoreError> {
-        let created = StatusChange::now(Status::Pending, username);
-        let doc = ApplicationDoc {
-            loan_types: application.loan_types.clone(),
-            amount: application.amount,
-            purpose: application.purpose.clone(),
-            status: Status::Pending.as_str().to_owned(),
-            submitted_by: username.to_owned(),
-            submitted_at: created.at,
-            status_history: vec![created],
-        };
         let inserted = self
             .applications
-            .insert_one(&doc)
+            .insert_one(ApplicationDoc::pending(application, username))
             .await
             .context("insert application")?;
         Ok(inserted.inserted_id.as_object_id().unwrap_or_default())

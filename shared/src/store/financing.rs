@@ -1,5 +1,6 @@
-//! `financing_options` and `user_financing_selections`: the catalogue, read
-//! whole and cached per process, and each user's one selection.
+//! `financing_options`: the catalogue, read whole and cached per process.
+//! (A user's one selection, in `user_financing_selections`, is written as an
+//! effect of its event: `store::effects`.)
 
 use std::{
     sync::{Arc, Mutex},
@@ -7,9 +8,9 @@ use std::{
 };
 
 use futures_util::TryStreamExt as _;
-use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 
-use super::{Context as _, Store, StoreError, to_json, upsert};
+use super::{Context as _, Store, StoreError, to_json};
 
 /// How long a process serves the financing options from memory: they change
 /// only when an operator seeds them.
@@ -73,25 +74,5 @@ impl Store {
             inserted += u64::from(result.upserted_id.is_some());
         }
         Ok(inserted)
-    }
-
-    /// Records `option` as `username`'s one selection, replacing any earlier one.
-    ///
-    /// The upsert keyed on the unique `user` index keeps one document per user:
-    /// when two first selections race, the loser's insert hits the index and
-    /// its retry becomes an update.
-    pub async fn select_option(&self, username: &str, option: &Document) -> Result<(), StoreError> {
-        let now = DateTime::now();
-        let update = doc! {
-            "$set": { "selected_option": option.clone(), "updated_at": now },
-            "$setOnInsert": { "selected_at": now },
-        };
-        upsert(
-            "select financing option",
-            &self.selections,
-            doc! { "user": username },
-            update,
-        )
-        .await
     }
 }

@@ -8,6 +8,12 @@
 //! (FerretDB 1.x applies a filtered update as read, change, write back, so
 //! conditional updates are no lock there; inserts on a unique index are).
 //!
+//! A record also holds the ids its request writes with ([`WriteIds`]). A
+//! claim whose request failed with a 5xx, or stopped, is taken over by the
+//! next request with the key, and that request keeps those ids: whatever the
+//! first attempt wrote, the retry writes to the same documents, so the key
+//! yields one application, one selection, one event.
+//!
 //! A record's `expires_at` carries a TTL index where the server has them
 //! (see `Store::ensure_expiry`); FerretDB 1.x does not, so an expired record
 //! is also treated as absent on every read, and a user's expired records are
@@ -22,7 +28,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Context as _, IndexError, Store, StoreError, collections, is_duplicate_key};
+use super::{Context as _, IndexError, Store, StoreError, WriteIds, collections, is_duplicate_key};
 
 /// A document of `idempotency_keys`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,17 @@ pub struct IdempotencyRecord {
     /// The first request's answer; absent while it is in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<StoredResponse>,
+    /// The ids the request writes with, kept across takeovers. (Absent in
+    /// records of earlier versions.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<StoredIds>,
+}
+
+/// [`WriteIds`] as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredIds {
+    pub event: uuid::Uuid,
+    pub document: ObjectId,
 }
 
 /// A response as sent, to be sent again.
@@ -65,15 +82,20 @@ pub struct KeyClaim<'a> {
     pub ttl: Duration,
 }
 
-/// The proof that this request holds a key: the record it inserted.
+/// The proof that this request holds a key (the record it inserted), and
+/// the ids it writes with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClaimToken(ObjectId);
+pub struct ClaimToken {
+    record: ObjectId,
+    pub writes: WriteIds,
+}
 
 /// The state of a key, as seen by one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// This request holds the key: perform the write, then
-    /// [`Store::complete_idempotency_key`] or [`Store::release_idempotency_key`].
+    /// [`Store::complete_idempotency_key`], [`Store::release_idempotency_key`]
+    /// (nothing written) or [`Store::abandon_idempotency_key`] (maybe written).
     Won(ClaimToken),
     /// An earlier request with the same fingerprint finished with this answer.
     Completed(StoredResponse),
@@ -111,19 +133,33 @@ impl Store {
             .await
     }
 
-    /// Claims `claim.key` for `claim.user`, or reports why not.
-    ///
-    /// Purges the user's expired records first (one round trip, filtered on
-    /// the user, which FerretDB pushes down), then inserts an in-progress
-    /// record; on a collision, reads the record that is there.
-    pub async fn claim_idempotency_key(&self, claim: &KeyClaim<'_>) -> Result<Claim, StoreError> {
-        let now = DateTime::now();
+    /// Deletes `user`'s expired records (one round trip, filtered on the
+    /// user, which FerretDB pushes down): before a request claims a key.
+    pub async fn purge_expired_idempotency_keys(&self, user: &str) -> Result<(), StoreError> {
         self.idempotency_keys
-            .delete_many(doc! { "user": claim.user, "expires_at": { "$lte": now } })
+            .delete_many(doc! { "user": user, "expires_at": { "$lte": DateTime::now() } })
             .await
             .context("purge expired idempotency keys")?;
+        Ok(())
+    }
+
+    /// Claims `claim.key` for `claim.user`, or reports why not: inserts an
+    /// in-progress record; on a collision, reads the record that is there.
+    /// A record that has expired is deleted and the key claimed afresh; one
+    /// in progress past its lease (its request failed or stopped) is taken
+    /// over with its write ids.
+    pub async fn claim_idempotency_key(&self, claim: &KeyClaim<'_>) -> Result<Claim, StoreError> {
+        let mut carried = None;
         for _ in 0..CLAIM_ATTEMPTS {
             let now = DateTime::now();
+            let writes = match carried {
+                Some(StoredIds { event, document }) => WriteIds {
+                    event,
+                    document,
+                    resumed: true,
+                },
+                None => WriteIds::fresh(),
+            };
             let record = IdempotencyRecord {
                 id: ObjectId::new(),
                 user: claim.user.to_owned(),
@@ -132,27 +168,34 @@ impl Store {
                 lease_until: after(now, claim.lease),
                 expires_at: after(now, claim.ttl),
                 response: None,
+                writes: Some(StoredIds {
+                    event: writes.event,
+                    document: writes.document,
+                }),
             };
             match self.idempotency_keys.insert_one(&record).await {
-                Ok(_) => return Ok(Claim::Won(ClaimToken(record.id))),
+                Ok(_) => {
+                    return Ok(Claim::Won(ClaimToken {
+                        record: record.id,
+                        writes,
+                    }));
+                }
                 Err(err) if is_duplicate_key(&err) => {}
                 Err(err) => return Err(StoreError::new("claim idempotency key", err)),
             }
-            if let Some(state) = self.inspect_idempotency_key(claim).await? {
-                return Ok(state);
+            match self.inspect_idempotency_key(claim).await? {
+                Held(state) => return Ok(state),
+                Vacant(writes) => carried = writes.or(carried),
             }
         }
         // Claimed and gone again every time: as good as in progress.
         Ok(Claim::InProgress)
     }
 
-    /// The state of the record for `claim`'s user and key; `None` when there
-    /// is none to respect, so the caller may claim the key. A record that has
-    /// expired, or is in progress past its lease, is deleted on the way.
-    pub async fn inspect_idempotency_key(
-        &self,
-        claim: &KeyClaim<'_>,
-    ) -> Result<Option<Claim>, StoreError> {
+    /// The state of the record for `claim`'s user and key. A record that has
+    /// expired, or is in progress past its lease, is deleted on the way; the
+    /// latter's write ids are handed on.
+    async fn inspect_idempotency_key(&self, claim: &KeyClaim<'_>) -> Result<Lookup, StoreError> {
         let Some(record) = self
             .idempotency_keys
             .find_one(doc! { "user": claim.user, "key": claim.key })
@@ -160,22 +203,21 @@ impl Store {
             .await
             .context("find idempotency key")?
         else {
-            return Ok(None);
+            return Ok(Vacant(None));
         };
         let now = DateTime::now();
         let expired = record.expires_at <= now;
         let abandoned = record.response.is_none() && record.lease_until <= now;
         if expired || abandoned {
-            if abandoned && !expired {
-                tracing::warn!("an idempotency claim outlived its lease: taken over");
-            }
             self.idempotency_keys
                 .delete_one(doc! { "_id": record.id })
                 .await
                 .context("delete expired idempotency key")?;
-            return Ok(None);
+            // An expired key is a new request's; an abandoned one is a retry
+            // of a request that may have written.
+            return Ok(Vacant(if expired { None } else { record.writes }));
         }
-        Ok(Some(if record.fingerprint != claim.fingerprint {
+        Ok(Held(if record.fingerprint != claim.fingerprint {
             Claim::Mismatch
         } else if let Some(response) = record.response {
             Claim::Completed(response)
@@ -195,7 +237,7 @@ impl Store {
         let result = self
             .idempotency_keys
             .update_one(
-                doc! { "_id": token.0 },
+                doc! { "_id": token.record },
                 doc! { "$set": { "response": stored } },
             )
             .await
@@ -204,12 +246,36 @@ impl Store {
     }
 
     /// Gives up the claim `token` proves, so that a retry with the same key
-    /// runs afresh.
+    /// runs afresh: for a request refused before it wrote anything.
     pub async fn release_idempotency_key(&self, token: ClaimToken) -> Result<(), StoreError> {
         self.idempotency_keys
-            .delete_one(doc! { "_id": token.0 })
+            .delete_one(doc! { "_id": token.record })
             .await
             .context("release idempotency key")?;
         Ok(())
     }
+
+    /// Ends the lease of the claim `token` proves, keeping its write ids: for
+    /// a request that failed after it may have written. The next request
+    /// with the key takes it over at once and writes to the same ids.
+    pub async fn abandon_idempotency_key(&self, token: ClaimToken) -> Result<(), StoreError> {
+        self.idempotency_keys
+            .update_one(
+                doc! { "_id": token.record },
+                doc! { "$set": { "lease_until": DateTime::now() } },
+            )
+            .await
+            .context("abandon idempotency key")?;
+        Ok(())
+    }
 }
+
+/// A record as [`Store::inspect_idempotency_key`] found it.
+enum Lookup {
+    /// A record to respect.
+    Held(Claim),
+    /// None to respect: the key may be claimed, with these write ids if an
+    /// earlier attempt may have written.
+    Vacant(Option<StoredIds>),
+}
+use Lookup::{Held, Vacant};

@@ -1,6 +1,7 @@
 //! The outbox: events recorded by requests, waiting for the relay to publish them.
 //!
-//! A request records its event with one insert ([`Store::record_event`]) and
+//! A request records its event with one insert ([`Store::record_event`], or
+//! [`Store::commit`] with the change it makes, see `store::effects`) and
 //! never talks to the broker. One relay at a time publishes: the holder of
 //! the relay lock ([`Store::hold_relay_lock`]), a lease on one document of
 //! `outbox_lock` that it renews every round and that another relay takes
@@ -31,7 +32,7 @@ use futures_util::TryStreamExt as _;
 use mongodb::bson::{DateTime, doc};
 use serde::{Deserialize, Serialize};
 
-use super::{Context as _, Store, StoreError, as_u64, is_duplicate_key};
+use super::{Context as _, Effect, Store, StoreError, as_u64, is_duplicate_key};
 use crate::events::Event;
 
 /// The `_id` of the relay lock's one document.
@@ -51,6 +52,10 @@ pub struct OutboxRecord {
     /// exported; the relay passes it on in the message's headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// What the recording request changes, for the relay to make if the
+    /// request stopped before it did (see `store::effects`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<Effect>,
 }
 
 impl OutboxRecord {
@@ -61,7 +66,14 @@ impl OutboxRecord {
             event: event.clone(),
             created_at: DateTime::now(),
             traceparent: crate::telemetry::current_traceparent().map(|parent| parent.to_string()),
+            effect: None,
         }
+    }
+
+    /// The same record carrying the change its request makes.
+    pub fn with_effect(mut self, effect: Effect) -> Self {
+        self.effect = Some(effect);
+        self
     }
 }
 
@@ -93,14 +105,10 @@ impl OutboxBacklog {
 }
 
 impl Store {
-    /// Records `event` in the outbox: the request's one write for its event.
+    /// Records `event` in the outbox: the one write of a request that
+    /// changes nothing else (a login, a visit).
     pub async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.outbox
-            .insert_one(OutboxRecord::new(event))
-            .await
-            .context("record event")?;
-        crate::metrics::events_recorded(1);
-        Ok(())
+        self.commit(&OutboxRecord::new(event)).await.map(|_| ())
     }
 
     /// Takes or renews the relay lock for `holder`, until `lease` from now;

@@ -7,7 +7,7 @@ use super::{Context as _, Store, StoreError, is_duplicate_key};
 use crate::auth::Role;
 
 /// A document of `users`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserDoc {
     #[serde(rename = "_id", skip_serializing_if = "Option::is_none")]
     pub id: Option<ObjectId>,
