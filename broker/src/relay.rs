@@ -30,14 +30,11 @@ use finapp_shared::{
     metrics,
     store::{Applied, OutboxBacklog, OutboxRecord, Store, StoreError},
 };
-use futures_util::future::try_join_all;
 
 use crate::publisher::{Outgoing, PublishError, Publisher};
 
 /// Most records read and published per round.
 pub const BATCH: usize = 256;
-/// Effects made at once before a batch is published: each is one round trip.
-const EFFECTS_IN_FLIGHT: usize = 8;
 /// How long the relay lock lasts unrenewed: well beyond a round's worst case
 /// (a connect and a batch's confirms, [`crate::topology::BROKER_TIMEOUT`] each),
 /// and how long a relay that died keeps the next one waiting.
@@ -177,11 +174,7 @@ impl<'a> Relay<'a> {
         &self,
         records: Vec<OutboxRecord>,
     ) -> Result<Vec<OutboxRecord>, StoreError> {
-        let mut outcomes = Vec::with_capacity(records.len());
-        for chunk in records.chunks(EFFECTS_IN_FLIGHT) {
-            let applied = try_join_all(chunk.iter().map(|record| self.finish(record))).await?;
-            outcomes.extend(applied);
-        }
+        let outcomes = self.store.apply_effects(&records).await?;
         let (ready, refused): (Vec<_>, Vec<_>) = records
             .into_iter()
             .zip(outcomes)
@@ -198,13 +191,6 @@ impl<'a> Relay<'a> {
             self.store.forget_outbox(&ids).await?;
         }
         Ok(ready.into_iter().map(|(record, _)| record).collect())
-    }
-
-    async fn finish(&self, record: &OutboxRecord) -> Result<Applied, StoreError> {
-        match &record.effect {
-            Some(effect) => self.store.apply_effect(&record.id, effect).await,
-            None => Ok(Applied::Done),
-        }
     }
 
     /// The backlog `batch` shows; when it is a full batch, the depth is the

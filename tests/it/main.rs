@@ -7,6 +7,7 @@ mod auth_rules;
 mod database;
 mod drop_in;
 mod events;
+mod faults;
 mod finance;
 mod fuzz;
 mod idempotency;

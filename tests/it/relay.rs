@@ -11,7 +11,8 @@ use finapp_shared::{
     Deps,
     auth::{EVENT_AUDIENCE, Role},
     events::{Event, EventType},
-    store::{OutboxRecord, collections},
+    finance::NewApplication,
+    store::{ApplicationDoc, Effect, OutboxRecord, UserDoc, collections},
 };
 use finapp_tests::{
     Process, RABBITMQ_URI, RelayTask, Signal, SilentBroker, TestApp, TestEnv, all_functions,
@@ -19,7 +20,7 @@ use finapp_tests::{
 };
 use mongodb::{
     IndexModel,
-    bson::{Document, doc},
+    bson::{Document, doc, oid::ObjectId},
     options::IndexOptions,
 };
 use notify_consumer::process::{Incoming, Outcome, Rejection, process};
@@ -620,4 +621,148 @@ async fn an_event_reaches_its_queue_within_a_second_of_its_request() {
         );
     }
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_finishes_requests_that_stopped_between_their_event_and_their_change() {
+    let env = TestEnv::new();
+    let deps = env.deps().await;
+    let store = &deps.store;
+    finapp_admin::seed_financing_options(store).await.unwrap();
+    let options = store.financing_options().await.unwrap();
+    let option = |n: usize| {
+        let id = ObjectId::parse_str(options[n]["_id"].as_str().unwrap()).unwrap();
+        async move { store.find_option(id).await.unwrap().unwrap() }
+    };
+    let record = |kind, user: &str, effect| {
+        OutboxRecord::new(&Event::new(kind, user, "stopped")).with_effect(effect)
+    };
+    let new_user = |name: &str| {
+        let mut user = UserDoc::new(name, "$2b$04$hash", Role::User);
+        user.id = Some(ObjectId::new());
+        user
+    };
+    // Outbox records whose requests died before their change: a sign-up,
+    // an application, and two selections of one user, the later of which
+    // did reach the database.
+    let signup = record(
+        EventType::UserRegistered,
+        "stopped_ann",
+        Effect::InsertUser(new_user("stopped_ann")),
+    );
+    let application_id = ObjectId::new();
+    let request: finapp_shared::finance::ApplicationRequest =
+        serde_json::from_value(json!({"loan_types": ["car"], "amount": 9.0, "purpose": "p"}))
+            .unwrap();
+    let application = record(
+        EventType::ApplicationSubmitted,
+        "stopped_ann",
+        Effect::InsertApplication {
+            id: application_id,
+            application: ApplicationDoc::pending(
+                &NewApplication::try_from(request).unwrap(),
+                "stopped_ann",
+            ),
+        },
+    );
+    let select = |n| {
+        let option = option(n);
+        async move {
+            record(
+                EventType::FinancingOptionSelected,
+                "stopped_bob",
+                Effect::Select {
+                    user: "stopped_bob".into(),
+                    option: option.await,
+                    at: mongodb::bson::DateTime::now(),
+                },
+            )
+        }
+    };
+    let (earlier, later) = (select(0).await, select(1).await);
+    // A sign-up refused because another user took the name meanwhile.
+    store.insert_user(&new_user("taken_cy")).await.unwrap();
+    let refused = record(
+        EventType::UserRegistered,
+        "taken_cy",
+        Effect::InsertUser(new_user("taken_cy")),
+    );
+    let outbox = env
+        .db()
+        .await
+        .collection::<OutboxRecord>(collections::OUTBOX);
+    store.commit(&later).await.unwrap();
+    for record in [&signup, &application, &earlier, &refused] {
+        outbox.insert_one(record).await.unwrap();
+    }
+
+    let relay = RelayTask::spawn(deps.clone());
+    wait_for("the outbox emptied", Duration::from_secs(60), || async {
+        (env.count(collections::OUTBOX).await == 0).then_some(())
+    })
+    .await;
+    relay.stop().await;
+
+    let user = store.find_user("stopped_ann").await.unwrap().unwrap();
+    assert_eq!(user.id, signup_user_id(&signup));
+    let applications = env.db().await.collection::<Document>("applications");
+    let stored = applications
+        .find_one(doc! { "_id": application_id })
+        .await
+        .unwrap()
+        .expect("the application was made");
+    assert_eq!(stored.get_str("submitted_by").unwrap(), "stopped_ann");
+    let selection = env
+        .db()
+        .await
+        .collection::<Document>("user_financing_selections")
+        .find_one(doc! { "user": "stopped_bob" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        selection
+            .get_document("selected_option")
+            .unwrap()
+            .get_object_id("_id")
+            .unwrap()
+            .to_hex(),
+        options[1]["_id"].as_str().unwrap(),
+        "the earlier selection, relayed last, did not replace the later one"
+    );
+    assert_eq!(selection.get_str("event_id").unwrap(), later.id);
+    let mut delivered = HashSet::new();
+    for kind in [
+        EventType::UserRegistered,
+        EventType::ApplicationSubmitted,
+        EventType::FinancingOptionSelected,
+    ] {
+        let queue = env.queue(kind);
+        let depth = env.queue_depth(&queue).await as usize;
+        for message in env.take_messages(kind, depth).await {
+            let event: Event = serde_json::from_slice(&message.delivery.data).unwrap();
+            delivered.insert(event.id.to_string());
+        }
+    }
+    let expected: HashSet<String> = [&signup, &application, &earlier, &later]
+        .iter()
+        .map(|record| record.id.clone())
+        .collect();
+    assert_eq!(delivered, expected, "the refused sign-up is not published");
+    assert_eq!(
+        env.db()
+            .await
+            .collection::<Document>("users")
+            .count_documents(doc! { "username": "taken_cy" })
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+fn signup_user_id(record: &OutboxRecord) -> Option<ObjectId> {
+    match &record.effect {
+        Some(Effect::InsertUser(user)) => user.id,
+        _ => None,
+    }
 }

@@ -3,6 +3,7 @@
 //! RabbitMQ), functions served in-process or as real processes, and waiting on
 //! conditions with deadlines instead of sleeping.
 
+pub mod database;
 pub mod openapi;
 pub mod routes;
 
@@ -784,8 +785,17 @@ impl PrivateBroker {
 
     /// Stops the node (SIGTERM, as an orderly shutdown) and waits for it to exit.
     pub async fn stop(&mut self) {
+        self.halt(Signal::SIGTERM).await;
+    }
+
+    /// Kills the node (SIGKILL: a crash) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        self.halt(Signal::SIGKILL).await;
+    }
+
+    async fn halt(&mut self, signal: Signal) {
         let mut process = self.process.take().expect("broker is running");
-        process.signal(Signal::SIGTERM);
+        process.signal(signal);
         process.wait_exit(Duration::from_secs(60)).await;
         let port = self.port;
         wait_for(

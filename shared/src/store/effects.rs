@@ -13,12 +13,17 @@
 //!
 //! docs/events.md says why this design and not the others.
 
-use mongodb::bson::{self, DateTime, Document, doc, oid::ObjectId};
+use mongodb::{
+    Collection,
+    bson::{self, DateTime, Document, doc, oid::ObjectId},
+    error::ErrorKind,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    ApplicationDoc, Context as _, OutboxRecord, Store, StoreError, UserDoc, is_duplicate_key,
+    ApplicationDoc, Context as _, DUPLICATE_KEY, OutboxRecord, Store, StoreError, UserDoc,
+    is_duplicate_key,
 };
 
 /// The ids a request's write takes, chosen before anything is written.
@@ -157,31 +162,97 @@ impl Store {
         }
     }
 
+    /// Makes the effects of `records`, as [`Store::apply_effect`] does one
+    /// by one, in a few round trips: the relay's work before it publishes a
+    /// batch. Applications and users go in one unordered insert each (a
+    /// duplicate is an earlier insert of the same one, or for a user a name
+    /// taken, which is checked); selections are one conditional upsert each.
+    pub async fn apply_effects(
+        &self,
+        records: &[OutboxRecord],
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut outcomes = vec![Applied::Done; records.len()];
+        let mut applications = Vec::new();
+        let mut users = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            match &record.effect {
+                Some(Effect::InsertApplication { id, application }) => {
+                    let mut document =
+                        bson::to_document(application).expect("an application serializes");
+                    document.insert("_id", *id);
+                    applications.push(document);
+                }
+                Some(Effect::InsertUser(user)) => users.push((i, user)),
+                Some(effect @ Effect::Select { .. }) => {
+                    outcomes[i] = self.apply_effect(&record.id, effect).await?;
+                }
+                None => {}
+            }
+        }
+        if !applications.is_empty() {
+            let collection = self.applications.clone_with_type::<Document>();
+            insert_unordered("insert applications", &collection, applications).await?;
+        }
+        if !users.is_empty() {
+            let documents = users.iter().map(|(_, user)| *user);
+            let taken = insert_unordered("insert users", &self.users, documents).await?;
+            for n in taken {
+                let (i, user) = users[n];
+                outcomes[i] = self.user_holder(user).await?;
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Inserts `user` (its `_id` set); on a duplicate key, done when the name
     /// is held by this very `_id` (an earlier attempt's insert), a conflict
     /// when by another user.
     async fn insert_user_once(&self, user: &UserDoc) -> Result<Applied, StoreError> {
         match self.users.insert_one(user).await {
             Ok(_) => Ok(Applied::Done),
-            Err(err) if is_duplicate_key(&err) => {
-                let holder = self
-                    .users
-                    .clone_with_type::<Document>()
-                    .find_one(doc! { "username": &user.username })
-                    .projection(doc! { "_id": 1 })
-                    .max_time(self.read_limit)
-                    .await
-                    .context("find user")?;
-                let ours = holder.and_then(|holder| holder.get_object_id("_id").ok());
-                Ok(if ours.is_some() && ours == user.id {
-                    Applied::Done
-                } else {
-                    Applied::Conflict
-                })
-            }
+            Err(err) if is_duplicate_key(&err) => self.user_holder(user).await,
             Err(err) => Err(StoreError::new("insert user", err)),
         }
     }
+
+    /// After `user`'s insert met a duplicate key: done when its name is held
+    /// by its own `_id`, a conflict when by another user's.
+    async fn user_holder(&self, user: &UserDoc) -> Result<Applied, StoreError> {
+        let holder = self
+            .users
+            .clone_with_type::<Document>()
+            .find_one(doc! { "username": &user.username })
+            .projection(doc! { "_id": 1 })
+            .max_time(self.read_limit)
+            .await
+            .context("find user")?;
+        let ours = holder.and_then(|holder| holder.get_object_id("_id").ok());
+        Ok(if ours.is_some() && ours == user.id {
+            Applied::Done
+        } else {
+            Applied::Conflict
+        })
+    }
+}
+
+/// Inserts `documents` unordered; returns the positions of those refused
+/// for a duplicate key. Any other failure is an error.
+async fn insert_unordered<T: Serialize + Send + Sync>(
+    operation: &'static str,
+    collection: &Collection<T>,
+    documents: impl IntoIterator<Item = impl std::borrow::Borrow<T>>,
+) -> Result<Vec<usize>, StoreError> {
+    let Err(err) = collection.insert_many(documents).ordered(false).await else {
+        return Ok(Vec::new());
+    };
+    if let ErrorKind::InsertMany(failure) = err.kind.as_ref()
+        && failure.write_concern_error.is_none()
+        && let Some(errors) = &failure.write_errors
+        && errors.iter().all(|error| error.code == DUPLICATE_KEY)
+    {
+        return Ok(errors.iter().map(|error| error.index).collect());
+    }
+    Err(StoreError::new(operation, err))
 }
 
 #[cfg(test)]

@@ -26,10 +26,10 @@
 //! A record holds no token: the relay signs an event token when it
 //! publishes, so nothing stored here is accepted by any HTTP route.
 
-use std::{future::IntoFuture as _, time::Duration};
+use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
-use mongodb::bson::{DateTime, doc};
+use mongodb::bson::{DateTime, Document, doc};
 use serde::{Deserialize, Serialize};
 
 use super::{Context as _, Effect, Store, StoreError, as_u64, is_duplicate_key};
@@ -37,8 +37,8 @@ use crate::events::Event;
 
 /// The `_id` of the relay lock's one document.
 const RELAY_LOCK: &str = "relay";
-/// Deletes in flight at once after a batch: each is one round trip.
-const DELETES_IN_FLIGHT: usize = 8;
+/// Delete statements sent in one command (a relay batch's worth).
+const DELETES_PER_COMMAND: usize = 256;
 
 /// An event waiting in the `outbox` collection to be published.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,15 +168,32 @@ impl Store {
         Ok(records)
     }
 
-    /// Deletes published records, one `_id` equality each, a few at a time.
+    /// Deletes published records: one `delete` command whose statements are
+    /// an `_id` equality each (what FerretDB pushes down; one `$in` would
+    /// read the whole outbox there), so a batch costs one round trip.
     pub async fn forget_outbox(&self, ids: &[&str]) -> Result<(), StoreError> {
-        for chunk in ids.chunks(DELETES_IN_FLIGHT) {
-            let deletes = chunk
+        for chunk in ids.chunks(DELETES_PER_COMMAND) {
+            let deletes: Vec<Document> = chunk
                 .iter()
-                .map(|id| self.outbox.delete_one(doc! { "_id": *id }).into_future());
-            futures_util::future::try_join_all(deletes)
+                .map(|id| doc! { "q": { "_id": *id }, "limit": 1 })
+                .collect();
+            let answer = self
+                .db
+                .run_command(doc! {
+                    "delete": super::collections::OUTBOX,
+                    "deletes": deletes,
+                    "ordered": false,
+                })
                 .await
                 .context("delete relayed outbox records")?;
+            if let Ok(errors) = answer.get_array("writeErrors")
+                && !errors.is_empty()
+            {
+                return Err(StoreError::new(
+                    "delete relayed outbox records",
+                    mongodb::error::Error::custom(format!("{} deletes failed", errors.len())),
+                ));
+            }
         }
         Ok(())
     }
