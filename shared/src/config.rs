@@ -43,8 +43,9 @@ pub struct Config {
     /// `RABBITMQ_QUEUE_PREFIX`, default empty: prepended to every queue name so
     /// that several deployments (or parallel tests) can share one broker.
     pub queue_prefix: String,
-    /// `RABBITMQ_QUEUE_TYPE`, default `classic`: `quorum` declares replicated
-    /// quorum queues, for a RabbitMQ cluster.
+    /// `RABBITMQ_QUEUE_TYPE`, default `quorum`: replicated quorum queues,
+    /// which also run on a single node; `classic` declares them as the
+    /// bundle did before (no arguments). Existing queues are adopted as they are.
     pub queue_type: QueueType,
     /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes.
     pub jwt_secret: SecretString,
@@ -160,10 +161,12 @@ impl Default for HttpLimits {
 /// The kind of RabbitMQ queue the event queues are declared as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
-    /// A single-node queue: right for one broker, the default.
-    #[default]
+    /// A single-node queue, declared with no arguments, as the bundle's
+    /// queues were before quorum queues became the default.
     Classic,
-    /// A Raft-replicated queue that survives losing a minority of a cluster's nodes.
+    /// A Raft-replicated queue that survives losing a minority of a cluster's
+    /// nodes; on one node it works as a durable queue. The default.
+    #[default]
     Quorum,
 }
 
@@ -220,8 +223,8 @@ impl Config {
         }
 
         let queue_type = match get("RABBITMQ_QUEUE_TYPE").as_deref().map(str::trim) {
-            None | Some("classic") => QueueType::Classic,
-            Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            None | Some("quorum") => QueueType::Quorum,
             Some(_) => {
                 return Err(invalid("RABBITMQ_QUEUE_TYPE", "must be classic or quorum"));
             }
@@ -403,7 +406,7 @@ mod tests {
         assert_eq!(config.port, 8080);
         assert_eq!(config.metrics_port, Some(DEFAULT_METRICS_PORT));
         assert_eq!(config.queue_prefix, "");
-        assert_eq!(config.queue_type, QueueType::Classic);
+        assert_eq!(config.queue_type, QueueType::Quorum);
         assert_eq!(config.limits, HttpLimits::default());
         assert_eq!(config.accounts, AccountLimits::default());
         assert_eq!(config.login_throttle, LoginThrottle::default());
