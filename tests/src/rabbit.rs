@@ -263,7 +263,18 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         drop(self.node.process.take());
-        let _ = std::fs::remove_dir_all(&self.home);
+        remove_home(&self.home);
+    }
+}
+
+/// Removes a test's node directory once its nodes, just sent SIGKILL, have
+/// stopped writing to it: a few tries, a moment apart.
+fn remove_home(home: &Path) {
+    for _ in 0..20 {
+        if std::fs::remove_dir_all(home).is_ok() || !home.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -435,6 +446,6 @@ impl Drop for PrivateCluster {
         for node in &mut self.nodes {
             drop(node.process.take());
         }
-        let _ = std::fs::remove_dir_all(&self.home);
+        remove_home(&self.home);
     }
 }
