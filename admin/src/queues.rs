@@ -13,13 +13,14 @@
 use finapp_broker::topology::{
     connect_broker, declare_durable, is_precondition_failed, probe_queue, queue_names,
 };
-use finapp_shared::config::Config;
+use finapp_shared::config::{Config, QueueType};
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeleteOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
+    types::FieldTable,
 };
 
 /// How many times the old queue is drained and deleted before giving up,
@@ -85,19 +86,49 @@ async fn migrate_queue(
             Err(err) => return Err(err),
         }
     }
+    // A channel that knew the old queue keeps its type for the name: RabbitMQ
+    // 3.10 crashes the channel (INTERNAL_ERROR) on the first publish to a
+    // queue of the same name and another type. A fresh channel knows only the new one.
+    let _ = channel.close(200, "old queue deleted".into()).await;
+    let channel = confirmed_channel(connection).await?;
     declare_durable(&channel, name, config.queue_type).await?;
     move_all(&channel, &holding, name).await?;
-    channel
-        .queue_delete(
-            holding.as_str().into(),
-            QueueDeleteOptions {
-                if_empty: true,
-                ..Default::default()
-            },
-        )
-        .await?;
+    delete_holding(&channel, &holding, config.queue_type).await?;
     let _ = channel.close(200, "migrated".into()).await;
     Ok(messages)
+}
+
+/// Deletes the holding queue, which only this tool publishes to, once it is
+/// empty. Quorum queues refuse a delete with `if_empty` (NOT_IMPLEMENTED,
+/// closing the connection), so for them emptiness is checked just before.
+async fn delete_holding(
+    channel: &Channel,
+    holding: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
+    let mut options = QueueDeleteOptions::default();
+    if queue_type == QueueType::Quorum {
+        let left = channel
+            .queue_declare(
+                holding.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .message_count();
+        if left > 0 {
+            return Err(lapin::Error::from(std::io::Error::other(format!(
+                "{holding} still holds {left} messages; it is kept"
+            ))));
+        }
+    } else {
+        options.if_empty = true;
+    }
+    channel.queue_delete(holding.into(), options).await?;
+    Ok(())
 }
 
 async fn confirmed_channel(connection: &Connection) -> Result<Channel, lapin::Error> {

@@ -199,21 +199,22 @@ impl Publisher {
         {
             return Ok(channel.clone());
         }
-        let (connection, channel) = tokio::time::timeout(BROKER_TIMEOUT, self.open())
+        // connect_broker bounds each address of RABBITMQ_URI by itself.
+        let connection = connect_broker(&self.uri, "finapp-publisher").await?;
+        let channel = tokio::time::timeout(BROKER_TIMEOUT, self.open(&connection))
             .await
             .map_err(|_| PublishError::Timeout(BROKER_TIMEOUT))??;
         *link = Some((connection, channel.clone()));
         Ok(channel)
     }
 
-    async fn open(&self) -> Result<(Connection, Channel), lapin::Error> {
-        let connection = connect_broker(&self.uri, "finapp-publisher").await?;
-        declare_queues(&connection, &self.queue_prefix, self.queue_type).await?;
+    async fn open(&self, connection: &Connection) -> Result<Channel, lapin::Error> {
+        declare_queues(connection, &self.queue_prefix, self.queue_type).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok((connection, channel))
+        Ok(channel)
     }
 
     async fn forget_channel(&self, failed: &Channel) {

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use finapp_shared::config::QueueType;
+use finapp_shared::config::{QueueType, broker_uris};
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::QueueDeclareOptions,
@@ -14,7 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use finapp_shared::events::queue_names;
 
-/// How long a connect, or a batch's publishes and confirms, may take before it counts as failed.
+/// How long a connect (to each address of `RABBITMQ_URI`), or a batch's
+/// publishes and confirms, may take before it counts as failed.
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The AMQP frame size asked for when `RABBITMQ_URI` names none. lapin keeps
@@ -27,15 +28,61 @@ pub const DEFAULT_FRAME_MAX: u32 = 8 * 1024;
 
 /// Opens a broker connection named `name` (shown in the management UI),
 /// with [`DEFAULT_FRAME_MAX`] unless the URI sets `frame_max` itself.
+///
+/// `uri` is `RABBITMQ_URI`: one AMQP URI, or a cluster's nodes as several
+/// separated by commas ([`broker_uris`]). They are tried in order, each for
+/// at most [`BROKER_TIMEOUT`] (a node that is down refuses at once; one
+/// behind a partition costs the whole timeout), and the first that accepts
+/// wins, so a process whose node died reaches the next on its next
+/// reconnect. lapin connects to one address only, and its own recovery
+/// returns to the same one. The error is the last address's.
 pub async fn connect_broker(uri: &SecretString, name: &str) -> Result<Connection, lapin::Error> {
+    let addresses = broker_uris(uri.expose_secret());
+    let count = addresses.len();
+    let mut failure = None;
+    for (index, address) in addresses.into_iter().enumerate() {
+        let attempt = tokio::time::timeout(BROKER_TIMEOUT, connect_one(address, name)).await;
+        let err = match attempt {
+            Ok(Ok(connection)) => {
+                if index > 0 {
+                    tracing::info!(
+                        address = index + 1,
+                        of = count,
+                        "connected to a later broker address; the earlier ones failed"
+                    );
+                }
+                return Ok(connection);
+            }
+            Ok(Err(err)) => err,
+            Err(_) => lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("broker did not answer within {BROKER_TIMEOUT:?}"),
+            )),
+        };
+        if index + 1 < count {
+            // The address itself is not logged: it may hold credentials.
+            tracing::warn!(
+                address = index + 1,
+                of = count,
+                error = %err,
+                "broker address failed; trying the next"
+            );
+        }
+        failure = Some(err);
+    }
+    Err(failure.expect("broker_uris yields at least one address"))
+}
+
+/// Connects to one AMQP URI.
+async fn connect_one(uri: &str, name: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match uri.expose_secret().parse::<lapin::uri::AMQPUri>() {
+    match uri.parse::<lapin::uri::AMQPUri>() {
         Ok(mut parsed) => {
             parsed.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
             Connection::connect_uri(parsed, properties).await
         }
         // lapin reports the unreadable URI in its own words.
-        Err(_) => Connection::connect(uri.expose_secret(), properties).await,
+        Err(_) => Connection::connect(uri, properties).await,
     }
 }
 

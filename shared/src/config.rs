@@ -36,13 +36,16 @@ pub struct Config {
     /// already been answered 503 stops, rather than running on and slowing
     /// the requests after it.
     pub mongodb_max_time: Duration,
-    /// `RABBITMQ_URI`; a secret for the same reason as `mongodb_uri`.
+    /// `RABBITMQ_URI`; a secret for the same reason as `mongodb_uri`. One
+    /// AMQP URI, or a cluster's nodes as several separated by commas
+    /// ([`broker_uris`]), tried in order on every (re)connect.
     pub rabbitmq_uri: SecretString,
     /// `RABBITMQ_QUEUE_PREFIX`, default empty: prepended to every queue name so
     /// that several deployments (or parallel tests) can share one broker.
     pub queue_prefix: String,
-    /// `RABBITMQ_QUEUE_TYPE`, default `classic`: `quorum` declares replicated
-    /// quorum queues, for a RabbitMQ cluster.
+    /// `RABBITMQ_QUEUE_TYPE`, default `quorum`: replicated quorum queues,
+    /// which also run on a single node; `classic` declares them as the
+    /// bundle did before (no arguments). Existing queues are adopted as they are.
     pub queue_type: QueueType,
     /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes.
     pub jwt_secret: SecretString,
@@ -158,10 +161,12 @@ impl Default for HttpLimits {
 /// The kind of RabbitMQ queue the event queues are declared as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
-    /// A single-node queue: right for one broker, the default.
-    #[default]
+    /// A single-node queue, declared with no arguments, as the bundle's
+    /// queues were before quorum queues became the default.
     Classic,
-    /// A Raft-replicated queue that survives losing a minority of a cluster's nodes.
+    /// A Raft-replicated queue that survives losing a minority of a cluster's
+    /// nodes; on one node it works as a durable queue. The default.
+    #[default]
     Quorum,
 }
 
@@ -218,12 +223,24 @@ impl Config {
         }
 
         let queue_type = match get("RABBITMQ_QUEUE_TYPE").as_deref().map(str::trim) {
-            None | Some("classic") => QueueType::Classic,
-            Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            None | Some("quorum") => QueueType::Quorum,
             Some(_) => {
                 return Err(invalid("RABBITMQ_QUEUE_TYPE", "must be classic or quorum"));
             }
         };
+
+        let rabbitmq_uri =
+            get("RABBITMQ_URI").unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        if !broker_uris(&rabbitmq_uri)
+            .iter()
+            .all(|uri| is_amqp_uri(uri))
+        {
+            return Err(invalid(
+                "RABBITMQ_URI",
+                "must be an amqp:// or amqps:// URI, or several separated by commas",
+            ));
+        }
 
         let request_timeout_ms = positive(&get, "HTTP_REQUEST_TIMEOUT_MS", 5000)?;
         Ok(Self {
@@ -236,9 +253,7 @@ impl Config {
                 .transpose()?,
             mongodb_timeout: positive_millis(&get, "MONGODB_TIMEOUT_MS", 1000)?,
             mongodb_max_time: positive_millis(&get, "MONGODB_MAX_TIME_MS", request_timeout_ms)?,
-            rabbitmq_uri: get("RABBITMQ_URI")
-                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-                .into(),
+            rabbitmq_uri: rabbitmq_uri.into(),
             queue_prefix: get("RABBITMQ_QUEUE_PREFIX").unwrap_or_default(),
             queue_type,
             jwt_secret: jwt_secret.into(),
@@ -278,6 +293,31 @@ impl Config {
     pub(crate) fn jwt_secret_bytes(&self) -> &[u8] {
         self.jwt_secret.expose_secret().as_bytes()
     }
+}
+
+/// The broker addresses of a `RABBITMQ_URI`, in order: one AMQP URI, or
+/// several separated by commas (a cluster's nodes). A comma splits the list
+/// only where an `amqp://` or `amqps://` URI follows it, so a comma inside a
+/// URI (a password may hold one) stays part of it.
+pub fn broker_uris(list: &str) -> Vec<&str> {
+    let mut uris = Vec::new();
+    let mut start = 0;
+    for (comma, _) in list.match_indices(',') {
+        if is_amqp_uri(list[comma + 1..].trim_start()) {
+            uris.push(list[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    uris.push(list[start..].trim());
+    uris
+}
+
+/// Whether `uri` starts with an AMQP scheme (any case, as URI schemes are).
+fn is_amqp_uri(uri: &str) -> bool {
+    ["amqp://", "amqps://"].iter().any(|scheme| {
+        uri.get(..scheme.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+    })
 }
 
 fn invalid(name: &'static str, reason: &str) -> ConfigError {
@@ -366,7 +406,7 @@ mod tests {
         assert_eq!(config.port, 8080);
         assert_eq!(config.metrics_port, Some(DEFAULT_METRICS_PORT));
         assert_eq!(config.queue_prefix, "");
-        assert_eq!(config.queue_type, QueueType::Classic);
+        assert_eq!(config.queue_type, QueueType::Quorum);
         assert_eq!(config.limits, HttpLimits::default());
         assert_eq!(config.accounts, AccountLimits::default());
         assert_eq!(config.login_throttle, LoginThrottle::default());
@@ -382,12 +422,51 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(quorum.queue_type, QueueType::Quorum);
+        let classic = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("RABBITMQ_QUEUE_TYPE", "classic"),
+        ])
+        .unwrap();
+        assert_eq!(classic.queue_type, QueueType::Classic);
         let err = config_from(&[
             ("JWT_SECRET_KEY", GOOD_SECRET),
             ("RABBITMQ_QUEUE_TYPE", "stream"),
         ])
         .unwrap_err();
         assert!(err.to_string().contains("RABBITMQ_QUEUE_TYPE"), "{err}");
+    }
+
+    #[test]
+    fn rabbitmq_uri_lists_a_cluster_s_nodes_in_order() {
+        assert_eq!(
+            broker_uris("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ["amqp://guest:guest@127.0.0.1:5672/%2f"]
+        );
+        assert_eq!(
+            broker_uris("amqp://a:1/%2f, AMQPS://b:2/%2f,amqp://c:3"),
+            ["amqp://a:1/%2f", "AMQPS://b:2/%2f", "amqp://c:3"]
+        );
+        // A comma in a password is part of its URI.
+        assert_eq!(
+            broker_uris("amqp://u:p,q@a:1/%2f,amqp://u:p,,@b:2/%2f"),
+            ["amqp://u:p,q@a:1/%2f", "amqp://u:p,,@b:2/%2f"]
+        );
+        let cluster = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            (
+                "RABBITMQ_URI",
+                "amqp://u:secret@a:1/%2f,amqp://u:secret@b:2/%2f",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(broker_uris(cluster.rabbitmq_uri.expose_secret()).len(), 2);
+        for list in ["http://u:secret@a", "u:secret@a:1,amqp://b"] {
+            let err = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET), ("RABBITMQ_URI", list)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("RABBITMQ_URI"), "{err}");
+            assert!(!err.contains("secret"), "the value leaked: {err}");
+        }
     }
 
     #[test]

@@ -294,19 +294,12 @@ async fn migrate_queues_moves_a_queue_of_a_thousand_messages_without_losing_one(
         "{again}"
     );
 
-    // Durable now (a durable declaration is accepted), holding every message once.
+    // Durable now and of the deployment's type, quorum by default (the
+    // bundle's own declaration is accepted), holding every message once.
     let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    finapp_broker::topology::declare_durable(&channel, &queue, env.config().queue_type)
         .await
-        .expect("the queue is durable");
+        .expect("the queue has the bundle's definition");
     let mut bodies = std::collections::BTreeSet::new();
     while let Some(message) = channel
         .basic_get(queue.as_str().into(), Default::default())

@@ -6,7 +6,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use finapp_shared::{
     auth::{Claims, Role},
-    events::{DEAD_LETTER_QUEUE, Event, EventType},
+    config::QueueType,
+    events::{DEAD_LETTER_QUEUE, Event, EventType, queue_names},
 };
 use finapp_tests::{ConsumerTask, PrivateBroker, TestApp, TestEnv, all_functions, send, wait_for};
 use jsonwebtoken::{EncodingKey, Header};
@@ -455,8 +456,10 @@ async fn no_event_is_lost_while_the_broker_is_down() {
 }
 
 #[tokio::test]
-async fn events_flow_through_quorum_queues_when_configured() {
-    let env = TestEnv::new().with_quorum_queues();
+async fn events_flow_through_quorum_queues_by_default_on_a_single_node() {
+    // The shared broker is one node: quorum queues need no cluster.
+    let env = TestEnv::new();
+    assert_eq!(env.config().queue_type, QueueType::Quorum);
     let app = TestApp::spawn(&env, all_functions).await;
     let consumer = ConsumerTask::spawn(env.deps().await);
     let credentials = json!({"username": "quorum_user", "password": "secure_password"});
@@ -494,4 +497,106 @@ async fn events_flow_through_quorum_queues_when_configured() {
         .await;
     let err = redeclared.expect_err("a quorum queue redeclared as classic must be refused");
     assert!(err.to_string().contains("x-queue-type"), "{err}");
+}
+
+/// Declares every queue of `env` as versions of the bundle before quorum
+/// queues were the default did: durable, no arguments (a classic queue).
+async fn declare_as_earlier_versions(env: &TestEnv) {
+    let connection = Connection::connect(&env.rabbitmq_uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for name in queue_names(&env.queue_prefix) {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "declared".into()).await;
+}
+
+/// Whether every queue of `env` is still classic: a declaration with no
+/// arguments, which the broker refuses for a quorum queue (`received none
+/// but current is the value 'quorum'`), is accepted.
+async fn all_classic(env: &TestEnv) -> bool {
+    let connection = Connection::connect(&env.rabbitmq_uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let mut classic = true;
+    for name in queue_names(&env.queue_prefix) {
+        let channel = connection.create_channel().await.unwrap();
+        classic &= channel
+            .queue_declare(
+                name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+    }
+    let _ = connection.close(200, "probed".into()).await;
+    classic
+}
+
+#[tokio::test]
+async fn classic_queues_of_an_earlier_version_are_adopted_as_they_are() {
+    // A deployment upgraded in place: its queues exist, classic, and the
+    // new default (quorum) must neither break on them nor replace them.
+    let env = TestEnv::new();
+    assert_eq!(env.config().queue_type, QueueType::Quorum);
+    declare_as_earlier_versions(&env).await;
+    let app = TestApp::spawn(&env, all_functions).await;
+    let consumer = ConsumerTask::spawn(env.deps().await);
+    let credentials = json!({"username": "upgraded_user", "password": "secure_password"});
+    assert_eq!(app.post_json("/signup", &credentials).await.0, 201);
+    assert_eq!(app.post_json("/login", &credentials).await.0, 200);
+    wait_for(
+        "both events in user_analytics",
+        Duration::from_secs(30),
+        || async { (env.count("user_analytics").await == 2).then_some(()) },
+    )
+    .await;
+    consumer.stop().await;
+    assert!(all_classic(&env).await, "a classic queue was replaced");
+    // Adopted because the broker refuses the quorum declaration (406), not
+    // because it ignores the type.
+    let connection = Connection::connect(&env.rabbitmq_uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let queue = env.queue(EventType::UserActivity);
+    let refused = finapp_broker::topology::probe_queue(&connection, &queue, QueueType::Quorum)
+        .await
+        .unwrap();
+    let difference = refused.expect("a quorum declaration of a classic queue is refused");
+    assert!(
+        difference.to_string().contains("x-queue-type"),
+        "{difference}"
+    );
+}
+
+#[tokio::test]
+async fn rabbitmq_queue_type_classic_declares_classic_queues() {
+    let env = TestEnv::new().with_classic_queues();
+    let app = TestApp::spawn(&env, all_functions).await;
+    let consumer = ConsumerTask::spawn(env.deps().await);
+    let credentials = json!({"username": "classic_user", "password": "secure_password"});
+    assert_eq!(app.post_json("/signup", &credentials).await.0, 201);
+    wait_for(
+        "the sign-up event in user_analytics",
+        Duration::from_secs(30),
+        || async { (env.count("user_analytics").await == 1).then_some(()) },
+    )
+    .await;
+    consumer.stop().await;
+    assert!(all_classic(&env).await, "a queue is not classic");
 }

@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod auth_rules;
+mod cluster;
 mod database;
 mod drop_in;
 mod events;

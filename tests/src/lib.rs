@@ -5,7 +5,10 @@
 
 pub mod database;
 pub mod openapi;
+pub mod rabbit;
 pub mod routes;
+
+pub use rabbit::{PrivateBroker, PrivateCluster, RabbitNode};
 
 use std::{
     future::Future,
@@ -27,7 +30,7 @@ use finapp_shared::{
     http::{self, Routes},
 };
 use lapin::{
-    Connection, ConnectionProperties,
+    Connection,
     message::BasicGetMessage,
     options::{BasicAckOptions, BasicGetOptions},
 };
@@ -80,7 +83,7 @@ pub struct TestEnv {
     pub jwt_secret: String,
     pub bcrypt_cost: u32,
     pub rabbitmq_uri: String,
-    /// `RABBITMQ_QUEUE_TYPE`, unset (classic) unless a test asks.
+    /// `RABBITMQ_QUEUE_TYPE`, unset (the default type) unless a test asks.
     pub queue_type: Option<&'static str>,
     /// `MONGODB_URI`: the shared FerretDB unless a test has its own.
     pub mongodb_uri: String,
@@ -159,9 +162,17 @@ impl TestEnv {
         self
     }
 
-    /// This test's environment with its event queues declared as quorum queues.
+    /// This test's environment with its event queues declared as quorum
+    /// queues, whatever the default.
     pub fn with_quorum_queues(mut self) -> Self {
         self.queue_type = Some("quorum");
+        self
+    }
+
+    /// This test's environment with its event queues declared as classic
+    /// queues (no arguments), as before quorum queues were the default.
+    pub fn with_classic_queues(mut self) -> Self {
+        self.queue_type = Some("classic");
         self
     }
 
@@ -240,9 +251,13 @@ impl TestEnv {
 
     /// A channel on this test's broker; the connection closes when dropped.
     async fn channel(&self) -> (Connection, lapin::Channel) {
-        let connection = Connection::connect(&self.rabbitmq_uri, ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ is running (scripts/services.sh)");
+        // connect_broker: RABBITMQ_URI may list a cluster's nodes.
+        let connection = finapp_broker::topology::connect_broker(
+            &self.rabbitmq_uri.clone().into(),
+            "finapp-tests",
+        )
+        .await
+        .expect("RabbitMQ is running (scripts/services.sh)");
         let channel = connection.create_channel().await.unwrap();
         (connection, channel)
     }
@@ -264,6 +279,15 @@ impl TestEnv {
         declared.message_count()
     }
 
+    /// Declares `queue` as the functions do (durable, of this test's queue
+    /// type): a queue that does not exist yet would close the channel on
+    /// `basic_get`, and a declaration of another type would be refused.
+    async fn declare_durable(&self, channel: &lapin::Channel, queue: &str) {
+        finapp_broker::topology::declare_durable(channel, queue, self.config().queue_type)
+            .await
+            .unwrap();
+    }
+
     /// Takes the next message from this test's queue for `kind`, waiting up to 10 s.
     pub async fn next_message(&self, kind: EventType) -> BasicGetMessage {
         self.next_message_on(&self.queue(kind)).await
@@ -272,7 +296,7 @@ impl TestEnv {
     /// Takes the next message from the queue named `queue`, waiting up to 10 s.
     pub async fn next_message_on(&self, queue: &str) -> BasicGetMessage {
         let (_connection, channel) = self.channel().await;
-        declare_durable(&channel, queue).await;
+        self.declare_durable(&channel, queue).await;
         take_next(&channel, queue).await
     }
 
@@ -281,7 +305,7 @@ impl TestEnv {
     pub async fn take_messages(&self, kind: EventType, count: usize) -> Vec<BasicGetMessage> {
         let queue = self.queue(kind);
         let (_connection, channel) = self.channel().await;
-        declare_durable(&channel, &queue).await;
+        self.declare_durable(&channel, &queue).await;
         let mut messages = Vec::with_capacity(count);
         for _ in 0..count {
             messages.push(take_next(&channel, &queue).await);
@@ -300,16 +324,6 @@ async fn declare(
         .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
         .await
         .unwrap()
-}
-
-/// Declares `queue` as the functions do: a queue that does not exist yet
-/// would close the channel on `basic_get`.
-async fn declare_durable(channel: &lapin::Channel, queue: &str) {
-    let durable = lapin::options::QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    declare(channel, queue, durable).await;
 }
 
 /// Takes and acknowledges the next message of `queue`, waiting up to 10 s.
@@ -705,110 +719,6 @@ impl FunctionProcess {
             process,
             base_url: format!("http://127.0.0.1:{port}"),
         }
-    }
-}
-
-/// A RabbitMQ node of one test's own, on its own ports and data directory, so
-/// the test can stop and restart "the broker" without disturbing other tests.
-pub struct PrivateBroker {
-    pub uri: String,
-    port: u16,
-    env: Vec<(String, String)>,
-    process: Option<Process>,
-}
-
-impl PrivateBroker {
-    pub async fn start() -> Self {
-        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
-        let dir = std::env::temp_dir().join(format!("finapp-rabbit-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
-        let port = free_port();
-        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let env = vec![
-            (
-                "RABBITMQ_NODENAME".to_string(),
-                format!("finapp_{id}@localhost"),
-            ),
-            ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
-            ("RABBITMQ_NODE_PORT".into(), port.to_string()),
-            ("RABBITMQ_DIST_PORT".into(), free_port().to_string()),
-            ("RABBITMQ_MNESIA_BASE".into(), path("mnesia")),
-            ("RABBITMQ_LOG_BASE".into(), path("log")),
-            ("RABBITMQ_PID_FILE".into(), path("pid")),
-            (
-                "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
-                path("enabled_plugins"),
-            ),
-            ("RABBITMQ_CONF_ENV_FILE".into(), path("rabbitmq-env.conf")),
-        ];
-        let mut broker = Self {
-            uri: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
-            port,
-            env,
-            process: None,
-        };
-        broker.resume().await;
-        broker
-    }
-
-    /// Starts the node again on the same ports and data (durable queues survive).
-    pub async fn resume(&mut self) {
-        // Debian's /usr/sbin wrapper re-runs the server as the rabbitmq user via
-        // su, which neither keeps this process group nor can write our
-        // directory; the real script underneath runs as the caller.
-        let debian = std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
-        let mut command = Command::new(if debian.exists() {
-            debian.as_os_str()
-        } else {
-            "rabbitmq-server".as_ref()
-        });
-        command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.process = Some(Process::spawn(command));
-        let port = self.port;
-        wait_for(
-            "the private RabbitMQ node to accept AMQP",
-            Duration::from_secs(90),
-            || async move {
-                Connection::connect(
-                    &format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
-                    ConnectionProperties::default(),
-                )
-                .await
-                .ok()
-                .map(|_| ())
-            },
-        )
-        .await;
-    }
-
-    /// Stops the node (SIGTERM, as an orderly shutdown) and waits for it to exit.
-    pub async fn stop(&mut self) {
-        self.halt(Signal::SIGTERM).await;
-    }
-
-    /// Kills the node (SIGKILL: a crash) and waits for it to be gone.
-    pub async fn kill(&mut self) {
-        self.halt(Signal::SIGKILL).await;
-    }
-
-    async fn halt(&mut self, signal: Signal) {
-        let mut process = self.process.take().expect("broker is running");
-        process.signal(signal);
-        process.wait_exit(Duration::from_secs(60)).await;
-        let port = self.port;
-        wait_for(
-            "the private RabbitMQ port to close",
-            Duration::from_secs(30),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .err()
-                    .map(|_| ())
-            },
-        )
-        .await;
     }
 }
 

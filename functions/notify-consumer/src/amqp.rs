@@ -92,20 +92,23 @@ async fn session(
 ) -> Result<(), lapin::Error> {
     let deps = &worker.deps;
     let prefix = &deps.config.queue_prefix;
-    // Bounded, so a broker that accepts TCP and never answers (a partition)
-    // is retried with backoff, and a stop request is seen, instead of a hang.
-    let connection = tokio::time::timeout(
+    // Bounded (each address of RABBITMQ_URI for BROKER_TIMEOUT, then the
+    // next), so a broker that accepts TCP and never answers (a partition) is
+    // retried with backoff, and a stop request is seen, instead of a hang.
+    let connection = connect_broker(&deps.config.rabbitmq_uri, "finapp-notify-consumer").await?;
+    // Bounded too: on a cluster that is electing a queue's leader, a
+    // declaration waits until there is one.
+    tokio::time::timeout(
         BROKER_TIMEOUT,
-        connect_broker(&deps.config.rabbitmq_uri, "finapp-notify-consumer"),
+        declare_queues(&connection, prefix, deps.config.queue_type),
     )
     .await
     .map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("broker did not answer within {BROKER_TIMEOUT:?}"),
+            format!("queue declarations took over {BROKER_TIMEOUT:?}"),
         )
     })??;
-    declare_queues(&connection, prefix, deps.config.queue_type).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
