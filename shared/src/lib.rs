@@ -21,7 +21,7 @@ pub mod trace_context;
 
 use std::{process::ExitCode, sync::Arc};
 
-pub use crate::deps::{Deps, StartError, bootstrap, load_config};
+pub use crate::deps::{Deps, StartError, bootstrap, load_config, load_config_with};
 
 /// A function's whole `main`: [`bootstrap`] and [`metrics::start`] under the
 /// name `function`, then serving the routes `build` returns in whichever
