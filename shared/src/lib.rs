@@ -10,6 +10,7 @@ pub mod deps;
 pub mod domain;
 pub mod events;
 pub mod finance;
+pub mod hs256;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
