@@ -8,6 +8,7 @@
 #   .dev/bin/aws-lambda-rie       AWS's Lambda Runtime Interface Emulator
 #   .dev/venv-validate            kubernetes-validate, hadolint, PyYAML (PyPI)
 #   .dev/venv-fuzz                schemathesis (PyPI), which tests/it/fuzz.rs runs against openapi.json
+#   .dev/bin/cargo-deny           cargo-deny (crates.io), the dependency policy in deny.toml
 #   Debian: nginx, podman + buildah + runc, musl-tools; rustup: the x86_64-unknown-linux-musl target
 # Go tools come from the Go module proxy, each stamped with its version so a
 # changed pin reinstalls it. Idempotent; source it or run it.
@@ -25,6 +26,7 @@ KUBE_SCORE_MODULE=github.com/zegl/kube-score/cmd/kube-score@v1.20.0
 # v1.x tags are not Go module versions), so it is pinned to a commit.
 RIE_MODULE=github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@v0.0.0-20261030222936-bef5c4ba774d
 MUSL_TARGET=x86_64-unknown-linux-musl
+CARGO_DENY_VERSION=0.20.2
 # The whole set pip resolved for the first three, pinned so that a new release
 # of any of them cannot change what passes.
 VALIDATE_PINS=(
@@ -85,6 +87,15 @@ go_tool() {
   printf '%s' "$module" >"$DEPLOY_BIN/.$name.pin"
 }
 
+# cargo_tool NAME VERSION: the crate NAME's binary at VERSION, from PATH if it
+# is there already (CI installs it prebuilt), else built into .dev/bin.
+cargo_tool() {
+  local name=$1 version=$2
+  [ "$("$name" --version 2>/dev/null)" = "$name $version" ] && return
+  deploy_log "installing $name $version with cargo install (a few minutes)"
+  cargo install --locked --quiet --root "$DEPLOY_ROOT/.dev" "$name" --version "$version"
+}
+
 # The Pod Security checker is this repository's own Go module: rebuilt when its files change.
 podsecurity_tool() {
   local src="$DEPLOY_ROOT/tools/podsecurity" stamp
@@ -143,3 +154,4 @@ podsecurity_tool
 pinned_venv "$VALIDATE_VENV" "${VALIDATE_PINS[@]}"
 pinned_venv "$FUZZ_VENV" "${FUZZ_PINS[@]}"
 musl_target
+cargo_tool cargo-deny "$CARGO_DENY_VERSION"

@@ -25,7 +25,7 @@ cargo build --workspace --bins
 target/debug/finapp-admin seed-financing-options
 cat >&2 <<'HELP'
 To create (or promote) an admin, in another shell with the same environment:
-  echo 'a-strong-password' | JWT_SECRET_KEY="$(cat .dev/jwt_secret)" target/debug/finapp-admin create-admin alice
+  target/debug/finapp-admin create-admin alice   # asks for the password twice, without echo
 HELP
 # The consumer is event-triggered: under `cargo lambda watch` it runs only when
 # invoked, so run it here in its long-running mode to fill user_analytics.

@@ -9,13 +9,19 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/services.sh
 # nginx, the RIE, kustomize, kube-score, the Pod Security check, podman: the
-# deployment tests and checks below need them; schemathesis: tests/it/fuzz.rs.
+# deployment tests and checks below need them; schemathesis: tests/it/fuzz.rs;
+# cargo-deny: the dependency policy.
 source scripts/deploy-tools.sh
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== rust-version: what Cargo.lock needs" >&2
+python3 scripts/check_rust_version.py
+# Offline; the CI workflow also checks the advisories, which need the network.
+echo "== cargo deny check bans licenses sources (deny.toml)" >&2
+cargo deny --locked check bans licenses sources
 echo "== cargo build (the integration tests run these binaries)" >&2
 cargo build --workspace --bins --locked
 

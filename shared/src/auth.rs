@@ -103,6 +103,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(config: &Config) -> Self {
+        crate::hs256::install();
         let mut validation = Validation::new(Algorithm::HS256);
         // The original services signed `{sub, exp}` only; requiring more would
         // reject their tokens (and their queued events) during a migration.

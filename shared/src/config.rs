@@ -320,6 +320,29 @@ fn is_amqp_uri(uri: &str) -> bool {
     })
 }
 
+impl Config {
+    /// [`Config::from_lookup`] for a process that signs and checks no token
+    /// (finapp-admin): the token variables (`JWT_*`,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES`) are not read, so they need not be set,
+    /// and `jwt_secret` is a random key of this process's own, which no other
+    /// process would accept a token signed with.
+    pub fn from_lookup_without_tokens(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let own_key = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        Self::from_lookup(|name| match name {
+            "JWT_SECRET_KEY" => Some(own_key.clone()),
+            "ACCESS_TOKEN_EXPIRE_MINUTES" => None,
+            name if name.starts_with("JWT_") => None,
+            name => lookup(name),
+        })
+    }
+}
+
 fn invalid(name: &'static str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         name,
@@ -500,6 +523,32 @@ mod tests {
         assert_eq!(port("9100"), Some(9100));
         assert_eq!(port("0"), Some(0));
         assert_eq!(port("off"), None);
+    }
+
+    #[test]
+    fn without_tokens_no_token_variable_is_needed_or_read() {
+        let vars: HashMap<&str, &str> = [
+            ("JWT_SECRET_KEY", "short"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+            ("MONGODB_DATABASE", "operator"),
+        ]
+        .into();
+        let config =
+            Config::from_lookup_without_tokens(|name| vars.get(name).map(|v| v.to_string()))
+                .unwrap();
+        assert_eq!(config.mongodb_database, "operator");
+        assert!(config.jwt_secret.expose_secret().len() >= MIN_JWT_SECRET_BYTES);
+        assert_ne!(config.jwt_secret.expose_secret(), "short");
+        let none = Config::from_lookup_without_tokens(|_| None).unwrap();
+        assert_ne!(
+            none.jwt_secret.expose_secret(),
+            config.jwt_secret.expose_secret()
+        );
+        let err = Config::from_lookup_without_tokens(|name| {
+            (name == "BCRYPT_COST").then(|| "3".to_owned())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("BCRYPT_COST"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use crate::{
     auth::{KnownUsers, Passwords, TokenKeys},
-    config::{Config, under_lambda},
+    config::{Config, ConfigError, under_lambda},
     secrets,
     store::{IndexError, Store, StoreError},
     telemetry,
@@ -99,6 +99,14 @@ pub async fn bootstrap(service: &str) -> Result<Arc<Deps>, ExitCode> {
 /// in both keeps the environment's value), under the values of the Secrets
 /// Manager secret named by `FINAPP_SECRET_ID`, if set.
 pub async fn load_config() -> Result<Config, String> {
+    load_config_with(|lookup| Config::from_lookup(lookup)).await
+}
+
+/// [`load_config`] with the variables read by `read`, e.g.
+/// [`Config::from_lookup_without_tokens`].
+pub async fn load_config_with(
+    read: impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError>,
+) -> Result<Config, String> {
     match dotenvy::from_path(".env") {
         Ok(()) => tracing::debug!(".env read"),
         Err(err) if err.not_found() => {}
@@ -107,7 +115,7 @@ pub async fn load_config() -> Result<Config, String> {
     let overrides = secrets::load_overrides()
         .await
         .map_err(|err| format!("cannot load secrets: {err}"))?;
-    Config::from_lookup(|name| {
+    read(&|name| {
         overrides
             .get(name)
             .cloned()

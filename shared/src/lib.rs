@@ -10,6 +10,7 @@ pub mod deps;
 pub mod domain;
 pub mod events;
 pub mod finance;
+pub mod hs256;
 pub mod http;
 pub mod idempotency;
 pub mod metrics;
@@ -21,7 +22,7 @@ pub mod trace_context;
 
 use std::{process::ExitCode, sync::Arc};
 
-pub use crate::deps::{Deps, StartError, bootstrap, load_config};
+pub use crate::deps::{Deps, StartError, bootstrap, load_config, load_config_with};
 
 /// A function's whole `main`: [`bootstrap`] and [`metrics::start`] under the
 /// name `function`, then serving the routes `build` returns in whichever

@@ -97,6 +97,8 @@ impl TestEnv {
     }
 
     pub fn with_bcrypt_cost(bcrypt_cost: u32) -> Self {
+        // Tests sign tokens with jsonwebtoken directly, maybe before any TokenKeys exists.
+        finapp_shared::hs256::install();
         // FINAPP_TEST_LOG=1 shows the functions' own logs while debugging a test.
         if std::env::var_os("FINAPP_TEST_LOG").is_some() {
             finapp_shared::telemetry::init("finapp-tests");
