@@ -44,8 +44,13 @@ pub struct Config {
     /// `RABBITMQ_QUEUE_TYPE`, default `classic`: `quorum` declares replicated
     /// quorum queues, for a RabbitMQ cluster.
     pub queue_type: QueueType,
-    /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes.
+    /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes: signs every
+    /// token and verifies them.
     pub jwt_secret: SecretString,
+    /// `JWT_PREVIOUS_SECRET_KEY`, optional, the same length rule: set during a
+    /// key rotation, tokens it signed are accepted too; nothing is signed with
+    /// it (docs/deploy.md has the runbook).
+    pub jwt_previous_secret: Option<SecretString>,
     /// `ACCESS_TOKEN_EXPIRE_MINUTES`, default 30.
     pub token_ttl: Duration,
     /// `BCRYPT_COST`, default 12.
@@ -195,14 +200,10 @@ impl Config {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
 
         let jwt_secret = get("JWT_SECRET_KEY").ok_or(ConfigError::Missing("JWT_SECRET_KEY"))?;
-        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
-            return Err(ConfigError::Invalid {
-                name: "JWT_SECRET_KEY",
-                reason: format!(
-                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (got {})",
-                    jwt_secret.len()
-                ),
-            });
+        long_enough("JWT_SECRET_KEY", &jwt_secret)?;
+        let jwt_previous_secret = get("JWT_PREVIOUS_SECRET_KEY");
+        if let Some(previous) = &jwt_previous_secret {
+            long_enough("JWT_PREVIOUS_SECRET_KEY", previous)?;
         }
 
         let token_minutes: u64 = parse_number(&get, "ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
@@ -242,6 +243,7 @@ impl Config {
             queue_prefix: get("RABBITMQ_QUEUE_PREFIX").unwrap_or_default(),
             queue_type,
             jwt_secret: jwt_secret.into(),
+            jwt_previous_secret: jwt_previous_secret.map(SecretString::from),
             token_ttl: Duration::from_secs(token_minutes * 60),
             bcrypt_cost,
             port: parse_number(&get, "PORT", 8080)?,
@@ -278,6 +280,27 @@ impl Config {
     pub(crate) fn jwt_secret_bytes(&self) -> &[u8] {
         self.jwt_secret.expose_secret().as_bytes()
     }
+
+    /// The previous JWT secret's bytes, when a rotation is under way.
+    pub(crate) fn jwt_previous_secret_bytes(&self) -> Option<&[u8]> {
+        self.jwt_previous_secret
+            .as_ref()
+            .map(|secret| secret.expose_secret().as_bytes())
+    }
+}
+
+/// An HS256 key shorter than its 32-byte output is refused by name.
+fn long_enough(name: &'static str, secret: &str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "must be at least {MIN_JWT_SECRET_BYTES} bytes (got {})",
+                secret.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn invalid(name: &'static str, reason: &str) -> ConfigError {
@@ -421,6 +444,27 @@ mod tests {
         assert_eq!(port("9100"), Some(9100));
         assert_eq!(port("0"), Some(0));
         assert_eq!(port("off"), None);
+    }
+
+    #[test]
+    fn a_previous_jwt_secret_is_optional_and_held_to_the_same_length() {
+        let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
+        assert!(config.jwt_previous_secret.is_none());
+        let err = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("JWT_PREVIOUS_SECRET_KEY", &GOOD_SECRET[..31]),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("JWT_PREVIOUS_SECRET_KEY"), "{err}");
+        let config = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("JWT_PREVIOUS_SECRET_KEY", GOOD_SECRET),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.jwt_previous_secret_bytes(),
+            Some(GOOD_SECRET.as_bytes())
+        );
     }
 
     #[test]
