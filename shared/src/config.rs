@@ -381,6 +381,27 @@ mod tests {
     }
 
     #[test]
+    fn a_previous_jwt_secret_is_optional_and_held_to_the_same_length() {
+        let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
+        assert!(config.jwt_previous_secret.is_none());
+        let err = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("JWT_PREVIOUS_SECRET_KEY", &GOOD_SECRET[..31]),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("JWT_PREVIOUS_SECRET_KEY"), "{err}");
+        let config = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("JWT_PREVIOUS_SECRET_KEY", GOOD_SECRET),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.jwt_previous_secret_bytes(),
+            Some(GOOD_SECRET.as_bytes())
+        );
+    }
+
+    #[test]
     fn defaults_match_the_documented_ones() {
         let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
         assert_eq!(config.token_ttl, Duration::from_secs(30 * 60));
@@ -444,27 +465,6 @@ mod tests {
         assert_eq!(port("9100"), Some(9100));
         assert_eq!(port("0"), Some(0));
         assert_eq!(port("off"), None);
-    }
-
-    #[test]
-    fn a_previous_jwt_secret_is_optional_and_held_to_the_same_length() {
-        let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
-        assert!(config.jwt_previous_secret.is_none());
-        let err = config_from(&[
-            ("JWT_SECRET_KEY", GOOD_SECRET),
-            ("JWT_PREVIOUS_SECRET_KEY", &GOOD_SECRET[..31]),
-        ])
-        .unwrap_err();
-        assert!(err.to_string().contains("JWT_PREVIOUS_SECRET_KEY"), "{err}");
-        let config = config_from(&[
-            ("JWT_SECRET_KEY", GOOD_SECRET),
-            ("JWT_PREVIOUS_SECRET_KEY", GOOD_SECRET),
-        ])
-        .unwrap();
-        assert_eq!(
-            config.jwt_previous_secret_bytes(),
-            Some(GOOD_SECRET.as_bytes())
-        );
     }
 
     #[test]
