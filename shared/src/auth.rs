@@ -1,7 +1,9 @@
 //! Tokens and passwords.
 //!
 //! JWTs are HS256 only (the algorithm is pinned, so `alg: none` and key-confusion
-//! tokens are refused) with the claims `sub`, `role`, `iat` and `exp`. Event
+//! tokens are refused) with the claims `sub`, `role`, `iat` and `exp`. They are
+//! signed with `JWT_SECRET_KEY` and verified with it or, during a key rotation,
+//! with `JWT_PREVIOUS_SECRET_KEY`. Event
 //! tokens (the `Authorization` header of a published event) also carry
 //! `aud: finapp-events`, and the HTTP routes refuse every token with an
 //! audience, so an event's token is worth nothing against the API. bcrypt runs
@@ -90,10 +92,13 @@ pub enum TokenError {
 /// How far clocks may disagree: `exp`, `nbf` and `iat` are checked this loosely.
 pub const CLOCK_LEEWAY_SECS: u64 = 5;
 
-/// Signs and checks access tokens with the configured secret.
+/// Signs access tokens with the configured secret and checks them with it
+/// or, during a rotation, with the previous one.
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// `JWT_PREVIOUS_SECRET_KEY`: verifies, never signs.
+    previous: Option<DecodingKey>,
     /// Access tokens: no audience at all.
     validation: Validation,
     /// Event messages: [`EVENT_AUDIENCE`] or none, expiry unchecked.
@@ -123,6 +128,9 @@ impl TokenKeys {
         Self {
             encoding: EncodingKey::from_secret(config.jwt_secret_bytes()),
             decoding: DecodingKey::from_secret(config.jwt_secret_bytes()),
+            previous: config
+                .jwt_previous_secret_bytes()
+                .map(DecodingKey::from_secret),
             validation,
             event_validation,
             ttl: config.token_ttl,
@@ -176,7 +184,15 @@ impl TokenKeys {
     }
 
     fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, TokenError> {
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
+        let mut decoded = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation);
+        // The signature is checked before any claim, so only a token the
+        // current key did not sign is tried with the previous one.
+        if let (Err(err), Some(previous)) = (&decoded, &self.previous)
+            && *err.kind() == ErrorKind::InvalidSignature
+        {
+            decoded = jsonwebtoken::decode::<Claims>(token, previous, validation);
+        }
+        let claims = decoded
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -474,6 +490,55 @@ mod tests {
         assert_eq!(
             keys_with(SECRET).verify(token.expose_secret()),
             Err(TokenError::Invalid)
+        );
+    }
+
+    fn rotating_keys(current: &str, previous: &str) -> TokenKeys {
+        let config = Config::from_lookup(|name| match name {
+            "JWT_SECRET_KEY" => Some(current.to_owned()),
+            "JWT_PREVIOUS_SECRET_KEY" => Some(previous.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        TokenKeys::new(&config)
+    }
+
+    #[test]
+    fn during_a_rotation_both_keys_verify_and_only_the_current_one_signs() {
+        const NEW: &str = "rotated-secret-rotated-secret-5678";
+        let old_keys = keys_with(SECRET);
+        let rotating = rotating_keys(NEW, SECRET);
+        let old_token = old_keys.issue("alice", Role::User);
+        assert_eq!(
+            rotating.verify(old_token.expose_secret()).unwrap().sub,
+            "alice"
+        );
+        let old_event = old_keys.issue_event("alice");
+        assert!(rotating.verify_event(old_event.expose_secret()).is_ok());
+
+        let new_token = rotating.issue("bob", Role::User);
+        assert!(keys_with(NEW).verify(new_token.expose_secret()).is_ok());
+        assert_eq!(
+            old_keys.verify(new_token.expose_secret()),
+            Err(TokenError::Invalid),
+            "signed with the previous key"
+        );
+        // A third key is still a forgery, and an old token's expiry still counts.
+        let forged = keys_with("another-secret-another-secret-1234").issue("eve", Role::Admin);
+        assert_eq!(
+            rotating.verify(forged.expose_secret()),
+            Err(TokenError::Invalid)
+        );
+        let expired = old_keys.sign(&Claims {
+            sub: "carol".into(),
+            role: Role::User,
+            iat: 1,
+            exp: 2,
+            aud: None,
+        });
+        assert_eq!(
+            rotating.verify(expired.expose_secret()),
+            Err(TokenError::Expired)
         );
     }
 

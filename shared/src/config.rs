@@ -47,8 +47,13 @@ pub struct Config {
     /// which also run on a single node; `classic` declares them as the
     /// bundle did before (no arguments). Existing queues are adopted as they are.
     pub queue_type: QueueType,
-    /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes.
+    /// `JWT_SECRET_KEY`, at least [`MIN_JWT_SECRET_BYTES`] bytes: signs every
+    /// token and verifies them.
     pub jwt_secret: SecretString,
+    /// `JWT_PREVIOUS_SECRET_KEY`, optional, the same length rule: set during a
+    /// key rotation, tokens it signed are accepted too; nothing is signed with
+    /// it (docs/deploy.md has the runbook).
+    pub jwt_previous_secret: Option<SecretString>,
     /// `ACCESS_TOKEN_EXPIRE_MINUTES`, default 30.
     pub token_ttl: Duration,
     /// `BCRYPT_COST`, default 12.
@@ -200,14 +205,10 @@ impl Config {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
 
         let jwt_secret = get("JWT_SECRET_KEY").ok_or(ConfigError::Missing("JWT_SECRET_KEY"))?;
-        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
-            return Err(ConfigError::Invalid {
-                name: "JWT_SECRET_KEY",
-                reason: format!(
-                    "must be at least {MIN_JWT_SECRET_BYTES} bytes (got {})",
-                    jwt_secret.len()
-                ),
-            });
+        long_enough("JWT_SECRET_KEY", &jwt_secret)?;
+        let jwt_previous_secret = get("JWT_PREVIOUS_SECRET_KEY");
+        if let Some(previous) = &jwt_previous_secret {
+            long_enough("JWT_PREVIOUS_SECRET_KEY", previous)?;
         }
 
         let token_minutes: u64 = parse_number(&get, "ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
@@ -257,6 +258,7 @@ impl Config {
             queue_prefix: get("RABBITMQ_QUEUE_PREFIX").unwrap_or_default(),
             queue_type,
             jwt_secret: jwt_secret.into(),
+            jwt_previous_secret: jwt_previous_secret.map(SecretString::from),
             token_ttl: Duration::from_secs(token_minutes * 60),
             bcrypt_cost,
             port: parse_number(&get, "PORT", 8080)?,
@@ -293,6 +295,27 @@ impl Config {
     pub(crate) fn jwt_secret_bytes(&self) -> &[u8] {
         self.jwt_secret.expose_secret().as_bytes()
     }
+
+    /// The previous JWT secret's bytes, when a rotation is under way.
+    pub(crate) fn jwt_previous_secret_bytes(&self) -> Option<&[u8]> {
+        self.jwt_previous_secret
+            .as_ref()
+            .map(|secret| secret.expose_secret().as_bytes())
+    }
+}
+
+/// An HS256 key shorter than its 32-byte output is refused by name.
+fn long_enough(name: &'static str, secret: &str) -> Result<(), ConfigError> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "must be at least {MIN_JWT_SECRET_BYTES} bytes (got {})",
+                secret.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The broker addresses of a `RABBITMQ_URI`, in order: one AMQP URI, or
@@ -418,6 +441,27 @@ mod tests {
     fn a_jwt_secret_shorter_than_32_bytes_is_refused_by_name() {
         let err = config_from(&[("JWT_SECRET_KEY", &GOOD_SECRET[..31])]).unwrap_err();
         assert!(err.to_string().contains("JWT_SECRET_KEY"), "{err}");
+    }
+
+    #[test]
+    fn a_previous_jwt_secret_is_optional_and_held_to_the_same_length() {
+        let config = config_from(&[("JWT_SECRET_KEY", GOOD_SECRET)]).unwrap();
+        assert!(config.jwt_previous_secret.is_none());
+        let err = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("JWT_PREVIOUS_SECRET_KEY", &GOOD_SECRET[..31]),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("JWT_PREVIOUS_SECRET_KEY"), "{err}");
+        let config = config_from(&[
+            ("JWT_SECRET_KEY", GOOD_SECRET),
+            ("JWT_PREVIOUS_SECRET_KEY", GOOD_SECRET),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.jwt_previous_secret_bytes(),
+            Some(GOOD_SECRET.as_bytes())
+        );
     }
 
     #[test]

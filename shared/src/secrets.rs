@@ -1,9 +1,12 @@
 //! Secrets from AWS Secrets Manager, loaded once at cold start.
 //!
-//! When `FINAPP_SECRET_ID` is set, the JSON secret it names is fetched through
-//! `aws-config` (region, credentials and `AWS_ENDPOINT_URL` from the usual
-//! places) and its string values take the place of the environment variables
-//! of the same names. Without it, nothing here runs and no AWS call is made.
+//! When `FINAPP_SECRET_ID` is set, the JSON secrets it names (one, or several
+//! separated by commas: template.yaml keeps the JWT keys and the connection
+//! URIs apart, so each is rotated alone) are fetched through `aws-config`
+//! (region, credentials and `AWS_ENDPOINT_URL` from the usual places) and
+//! their string values take the place of the environment variables of the
+//! same names; a name in two secrets is refused. Without it, nothing here runs
+//! and no AWS call is made.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +14,7 @@ use aws_config::{BehaviorVersion, timeout::TimeoutConfig};
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
-/// The environment variable naming the secret (a name or an ARN).
+/// The environment variable naming the secrets (names or ARNs, comma-separated).
 pub const SECRET_ID_VAR: &str = "FINAPP_SECRET_ID";
 
 /// Why the secret could not be used; never includes the secret's value.
@@ -23,15 +26,39 @@ pub enum SecretsError {
     NotAString { id: String },
     #[error("{SECRET_ID_VAR}={id}: the secret is not a JSON object of strings ({reason})")]
     Malformed { id: String, reason: String },
+    #[error("{SECRET_ID_VAR}: {name} is in more than one of its secrets")]
+    Duplicate { name: String },
 }
 
 /// The values to use instead of environment variables; empty when
 /// `FINAPP_SECRET_ID` is not set.
 pub async fn load_overrides() -> Result<HashMap<String, String>, SecretsError> {
-    match std::env::var(SECRET_ID_VAR) {
-        Ok(id) if !id.trim().is_empty() => fetch(id.trim()).await,
-        _ => Ok(HashMap::new()),
+    let ids = std::env::var(SECRET_ID_VAR).unwrap_or_default();
+    let mut values = HashMap::new();
+    for id in secret_ids(&ids) {
+        merge(&mut values, fetch(id).await?)?;
     }
+    Ok(values)
+}
+
+/// The secret ids a `FINAPP_SECRET_ID` value names, blanks skipped.
+fn secret_ids(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|id| !id.is_empty())
+}
+
+/// Adds one secret's values; a name already given by another is an error,
+/// not a silent choice between two values.
+fn merge(
+    values: &mut HashMap<String, String>,
+    more: HashMap<String, String>,
+) -> Result<(), SecretsError> {
+    for (name, value) in more {
+        if values.contains_key(&name) {
+            return Err(SecretsError::Duplicate { name });
+        }
+        values.insert(name, value);
+    }
+    Ok(())
 }
 
 async fn fetch(id: &str) -> Result<HashMap<String, String>, SecretsError> {
@@ -88,6 +115,24 @@ mod tests {
     fn a_json_object_of_strings_is_read() {
         let values = parse(r#"{"JWT_SECRET_KEY": "k", "MONGODB_URI": "mongodb://x"}"#).unwrap();
         assert_eq!(values["JWT_SECRET_KEY"], "k");
+        assert_eq!(values.len(), 2);
+    }
+
+    #[test]
+    fn several_secret_ids_are_read_apart_and_blanks_are_skipped() {
+        let ids: Vec<&str> = secret_ids(" arn:a , ,arn:b,").collect();
+        assert_eq!(ids, ["arn:a", "arn:b"]);
+        assert_eq!(secret_ids("  ").count(), 0);
+    }
+
+    #[test]
+    fn a_name_in_two_secrets_is_refused_without_its_value() {
+        let mut values = parse(r#"{"JWT_SECRET_KEY": "k1"}"#).unwrap();
+        merge(&mut values, parse(r#"{"MONGODB_URI": "m"}"#).unwrap()).unwrap();
+        let err = merge(&mut values, parse(r#"{"JWT_SECRET_KEY": "k2"}"#).unwrap()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("JWT_SECRET_KEY"), "{text}");
+        assert!(!text.contains("k1") && !text.contains("k2"), "{text}");
         assert_eq!(values.len(), 2);
     }
 

@@ -13,6 +13,7 @@ mod finance;
 mod fuzz;
 mod idempotency;
 mod ingress_nginx;
+mod key_rotation;
 mod lambda_rie;
 mod lambda_watch;
 mod limits;

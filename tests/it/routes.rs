@@ -77,6 +77,11 @@ fn changing_a_path_in_routes_toml_and_regenerating_updates_every_artefact() {
             "- path: /login\n",
         ),
         (
+            "infra/k8s/base/gateway/httproutes.yaml",
+            "value: /sign-in\n",
+            "value: /login\n",
+        ),
+        (
             "README.md",
             "| login | `POST /sign-in` |",
             "| login | `POST /login` |",

@@ -138,3 +138,54 @@ async fn a_missing_or_malformed_secret_is_a_clear_start_up_error() {
         "{output}"
     );
 }
+
+/// template.yaml's layout: the JWT keys in one secret, the connection URIs in
+/// another, both named by FINAPP_SECRET_ID; mid-rotation, so a token of the
+/// previous key (from the JWT secret) is accepted. A name given by both
+/// secrets stops start-up, naming it and not its values.
+#[tokio::test]
+async fn the_jwt_keys_and_the_connection_uris_come_from_two_secrets() {
+    let env = TestEnv::new();
+    let moto = Moto::start().await;
+    let current = format!("current-key-from-secrets-manager-{}", env.database);
+    let previous = format!("previous-key-from-secrets-manager-{}", env.database);
+    let jwt_id = format!("finapp/jwt-{}", env.database);
+    let connection_id = format!("finapp/connection-{}", env.database);
+    moto.create_secret(
+        &jwt_id,
+        &json!({"JWT_SECRET_KEY": current, "JWT_PREVIOUS_SECRET_KEY": previous}).to_string(),
+    )
+    .await;
+    moto.create_secret(
+        &connection_id,
+        &json!({"MONGODB_URI": finapp_tests::MONGODB_URI, "RABBITMQ_URI": env.rabbitmq_uri})
+            .to_string(),
+    )
+    .await;
+    let old_keys = TokenKeys::new(
+        &Config::from_lookup(|name| (name == "JWT_SECRET_KEY").then(|| previous.clone())).unwrap(),
+    );
+    let deps = env.deps().await;
+    // The user exists; the token is the previous key's.
+    finapp_tests::user_token(&deps, "two_secrets").await;
+    let token = old_keys.issue("two_secrets", finapp_shared::auth::Role::User);
+
+    let both = format!("{jwt_id}, {connection_id}");
+    let status = FunctionProcess::start_with("status", moto.function_env(&env, &both)).await;
+    let (code, body) = send(
+        reqwest::Client::new()
+            .get(format!("{}/status", status.base_url))
+            .bearer_auth(finapp_tests::expose(&token)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    let again = format!("finapp/jwt-again-{}", env.database);
+    moto.create_secret(&again, &json!({"JWT_SECRET_KEY": current}).to_string())
+        .await;
+    let output = start_expecting_failure(moto.function_env(&env, &format!("{both},{again}"))).await;
+    assert!(
+        output.contains("JWT_SECRET_KEY is in more than one") && !output.contains(&current),
+        "{output}"
+    );
+}

@@ -137,6 +137,34 @@ const K8S_BREAKS: &[(&str, &str, &str, &str)] = &[
         "      targetPort: http # containerPort 8080\n      protocol: TCP\n    - name: metrics\n      port: 9464\n      targetPort: metrics\n",
         "check_k8s_routes.py",
     ),
+    // An HTTPRoute that no longer says what routes.toml says (a method here).
+    (
+        "infra/k8s/base/gateway/httproutes.yaml",
+        "        - method: PUT",
+        "        - method: POST",
+        "check_k8s_routes.py",
+    ),
+    // A field the Gateway API's CRD does not have, which an API server would prune.
+    (
+        "infra/k8s/base/gateway/gateway.yaml",
+        "      protocol: HTTPS\n",
+        "      protocol: HTTPS\n      proto: HTTPS\n",
+        "Gateway API CRDs",
+    ),
+    // Readiness on the database again: one blip would empty every Service.
+    (
+        "infra/k8s/base/function/function.yaml",
+        "          readinessProbe:\n            tcpSocket:\n              port: http\n",
+        "          readinessProbe:\n            httpGet:\n              path: /readyz\n              port: http\n",
+        "check_k8s_routes.py",
+    ),
+    // A ConfigMap without its hash: a config change would roll no pod.
+    (
+        "infra/k8s/base/config/kustomization.yaml",
+        "    options:\n",
+        "    options:\n      disableNameSuffixHash: true\n",
+        "pod template",
+    ),
     // Pods Prometheus would not discover.
     (
         "infra/k8s/base/function/function.yaml",
@@ -249,6 +277,27 @@ const AWS_BREAKS: &[(&str, &str, &str, &str)] = &[
         "template.yaml",
         "Path: /login",
         "Path: /log-in",
+        "bundle checks",
+    ),
+    // ... a reserved concurrency that differs from routes.toml,
+    (
+        "template.yaml",
+        "ReservedConcurrentExecutions: 40 # routes.toml",
+        "ReservedConcurrentExecutions: 400 # routes.toml",
+        "bundle checks",
+    ),
+    // ... a canary with one rollback alarm left,
+    (
+        "template.yaml",
+        "          - !Ref LoginDurationAlarm\n          - !Ref LoginHttp5xxAlarm\n",
+        "",
+        "bundle checks",
+    ),
+    // ... no X-Ray tracing,
+    (
+        "template.yaml",
+        "    Tracing: Active\n",
+        "",
         "bundle checks",
     ),
     // ... and an outbox relay schedule that never fires.

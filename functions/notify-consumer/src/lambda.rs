@@ -12,14 +12,23 @@
 //! same function to relay the outbox: a mode of this handler rather than a
 //! function of its own, since it needs exactly this function's broker,
 //! database and keys, and a second bootstrap would add a build and a deploy
-//! for some twenty lines. The invocation drains the outbox for at most
-//! [`RELAY_BUDGET`] and closes its broker connection before it returns, so
-//! nothing is left running while Lambda freezes the instance.
+//! for some twenty lines. The invocation polls the outbox as the Kubernetes
+//! relay does (a round every [`IDLE_POLL`] while idle) until [`RELAY_MARGIN`]
+//! before its deadline, so with a timeout longer than the schedule's period
+//! one invocation is always polling and an event waits for it well under a
+//! second rather than up to a minute. It then gives the relay lock up, so the
+//! next invocation, already polling, takes over at once, and closes its broker
+//! connection before it returns, so nothing is left running while Lambda
+//! freezes the instance.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use base64::Engine as _;
-use finapp_broker::RelayError;
+use finapp_broker::{RelayError, relay::IDLE_POLL};
 use finapp_shared::{
     Deps,
     metrics::{
@@ -109,15 +118,24 @@ pub struct BatchError {
     pub failed: usize,
 }
 
-/// After this long a scheduled invocation starts no more rounds. template.yaml
-/// gives the function 30 s, and one round takes 11 s at worst (a broker
-/// connect and a batch's confirms, 3 s each, and five database operations).
-pub const RELAY_BUDGET: Duration = Duration::from_secs(15);
+/// How long before its deadline a scheduled invocation starts its last round:
+/// one round takes 11 s at worst (a broker connect and a batch's confirms,
+/// 3 s each, and five database operations), and closing the connection a
+/// moment more. template.yaml's timeout minus this is how long each
+/// invocation relays.
+pub const RELAY_MARGIN: Duration = Duration::from_secs(12);
+/// The pause after a failed round, doubled up to [`MAX_BACKOFF`] (as the
+/// Kubernetes relay does).
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a scheduled relay invocation did; returned as its result.
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayReport {
     pub published: usize,
+    /// The oldest record any round found: how late delivery ran (EMF only).
+    #[serde(skip)]
+    pub oldest_age: Duration,
 }
 
 /// The result of either kind of invocation.
@@ -160,11 +178,19 @@ impl Report {
             Report::Relay(relay) => emf::line(
                 timestamp_ms,
                 &dimensions,
-                &[(
-                    metrics::EVENTS_RELAYED_TOTAL,
-                    Unit::Count,
-                    count(relay.published),
-                )],
+                &[
+                    (
+                        metrics::EVENTS_RELAYED_TOTAL,
+                        Unit::Count,
+                        count(relay.published),
+                    ),
+                    // template.yaml's OutboxLateAlarm watches it.
+                    (
+                        metrics::OUTBOX_OLDEST_AGE_SECONDS,
+                        Unit::Seconds,
+                        relay.oldest_age.as_secs_f64(),
+                    ),
+                ],
             ),
         }
     }
@@ -208,7 +234,8 @@ pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let worker = worker.clone();
         async move {
-            let report = handle(&worker, event.payload).await;
+            let deadline = event.context.deadline();
+            let report = handle(&worker, event.payload, deadline).await;
             if let Ok(report) = &report {
                 emf::print(&report.emf_line(emf::now_ms()));
             }
@@ -221,23 +248,73 @@ pub async fn run(deps: Arc<Deps>) -> Result<(), lambda_runtime::Error> {
 }
 
 /// One invocation: a scheduled relay or an Amazon MQ batch, by its shape.
-pub async fn handle(worker: &Worker, event: Value) -> Result<Report, InvocationError> {
+/// `deadline` is when Lambda ends the invocation.
+pub async fn handle(
+    worker: &Worker,
+    event: Value,
+    deadline: SystemTime,
+) -> Result<Report, InvocationError> {
     if is_scheduled(&event) {
-        return Ok(Report::Relay(relay(worker).await?));
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let stop = Instant::now() + left.saturating_sub(RELAY_MARGIN);
+        return Ok(Report::Relay(relay(worker, stop).await?));
     }
     let batch: RabbitMqEvent =
         serde_json::from_value(event).map_err(InvocationError::Unrecognised)?;
     Ok(Report::Batch(handle_batch(worker, batch).await?))
 }
 
-/// Drains the outbox for at most [`RELAY_BUDGET`], then closes the broker
+/// Relays the outbox in rounds until `stop` (the next at once after a full
+/// batch, after [`IDLE_POLL`] otherwise, with backoff after a failure), then
+/// one last round that gives the relay lock up, and closes the broker
 /// connection: a frozen instance's connection would be dead by the next run.
-pub async fn relay(worker: &Worker) -> Result<RelayReport, RelayError> {
-    let result = worker.relay().drain(RELAY_BUDGET).await;
+/// Fails, so that the invocation counts as an error, when that last round
+/// fails: the outbox could not be relayed at the end of the window.
+pub async fn relay(worker: &Worker, stop: Instant) -> Result<RelayReport, RelayError> {
+    let relay = worker.relay();
+    let mut report = RelayReport::default();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let pause = match relay.round().await {
+            Ok(round) => {
+                backoff = MIN_BACKOFF;
+                report.published += round.published;
+                report.oldest_age = report.oldest_age.max(round.backlog.oldest_age);
+                if round.full() {
+                    Duration::ZERO
+                } else {
+                    IDLE_POLL
+                }
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    cause = ?std::error::Error::source(&err),
+                    retry_in = ?backoff,
+                    "outbox relay round failed"
+                );
+                let pause = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                pause
+            }
+        };
+        if Instant::now() + pause >= stop {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    // drain with no budget is one round, then the lock is given up.
+    let last = relay.drain(Duration::ZERO).await;
     worker.publisher.close().await;
-    let published = result?;
-    tracing::info!(published, "scheduled outbox relay done");
-    Ok(RelayReport { published })
+    report.published += last?;
+    tracing::info!(
+        published = report.published,
+        oldest_age = ?report.oldest_age,
+        "scheduled outbox relay done"
+    );
+    Ok(report)
 }
 
 /// One message of a batch, its body decoded from base64.
