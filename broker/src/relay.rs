@@ -79,6 +79,15 @@ impl Round {
     }
 }
 
+/// What [`Relay::rounds_until`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events confirmed by the broker and deleted from the outbox.
+    pub published: usize,
+    /// The oldest record any round found waiting.
+    pub oldest_age: Duration,
+}
+
 /// The relay's dependencies, borrowed from the process's own.
 pub struct Relay<'a> {
     pub store: &'a Store,
@@ -216,14 +225,25 @@ impl<'a> Relay<'a> {
 
     /// Runs rounds until `shutdown` resolves: the next at once after a full
     /// batch, after [`IDLE_POLL`] otherwise, with backoff after a failure. A
-    /// round in progress is finished first.
+    /// round in progress is finished first; then the lock is given up.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+        self.rounds_until(shutdown).await;
+        self.release().await;
+    }
+
+    /// Runs rounds as [`Relay::run`] does until `stop` resolves, keeping the
+    /// lock; returns what they published and the oldest backlog they met.
+    /// The scheduled Lambda invocation runs this up to its deadline.
+    pub async fn rounds_until(&self, stop: impl Future<Output = ()>) -> Totals {
+        tokio::pin!(stop);
+        let mut totals = Totals::default();
         let mut backoff = MIN_BACKOFF;
         loop {
             let pause = match self.round().await {
                 Ok(round) => {
                     backoff = MIN_BACKOFF;
+                    totals.published += round.published;
+                    totals.oldest_age = totals.oldest_age.max(round.backlog.oldest_age);
                     if round.published > 0 {
                         tracing::debug!(published = round.published, "outbox events relayed");
                     }
@@ -247,7 +267,7 @@ impl<'a> Relay<'a> {
             };
             tokio::select! {
                 biased;
-                () = &mut shutdown => return self.release().await,
+                () = &mut stop => return totals,
                 () = tokio::time::sleep(pause) => {}
             }
         }

@@ -507,19 +507,21 @@ async fn declare_as_earlier_versions(env: &TestEnv) {
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     for name in queue_names(&env.queue_prefix) {
-        channel
-            .queue_declare(
-                name.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        declare_classic(&channel, &name).await.unwrap();
     }
     let _ = connection.close(200, "declared".into()).await;
+}
+
+/// Declares `name` durable with no arguments: a classic queue.
+async fn declare_classic(channel: &lapin::Channel, name: &str) -> Result<(), lapin::Error> {
+    let options = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), options, FieldTable::default())
+        .await
+        .map(|_| ())
 }
 
 /// Whether every queue of `env` is still classic: a declaration with no
@@ -532,17 +534,7 @@ async fn all_classic(env: &TestEnv) -> bool {
     let mut classic = true;
     for name in queue_names(&env.queue_prefix) {
         let channel = connection.create_channel().await.unwrap();
-        classic &= channel
-            .queue_declare(
-                name.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok();
+        classic &= declare_classic(&channel, &name).await.is_ok();
     }
     let _ = connection.close(200, "probed".into()).await;
     classic

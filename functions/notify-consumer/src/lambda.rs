@@ -13,7 +13,7 @@
 //! function of its own, since it needs exactly this function's broker,
 //! database and keys, and a second bootstrap would add a build and a deploy
 //! for some twenty lines. The invocation polls the outbox as the Kubernetes
-//! relay does (a round every [`IDLE_POLL`] while idle) until [`RELAY_MARGIN`]
+//! relay does (a round every [`IDLE_POLL`](finapp_broker::relay::IDLE_POLL) while idle) until [`RELAY_MARGIN`]
 //! before its deadline, so with a timeout longer than the schedule's period
 //! one invocation is always polling and an event waits for it well under a
 //! second rather than up to a minute. It then gives the relay lock up, so the
@@ -28,7 +28,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use finapp_broker::{RelayError, relay::IDLE_POLL};
+use finapp_broker::RelayError;
 use finapp_shared::{
     Deps,
     metrics::{
@@ -124,10 +124,6 @@ pub struct BatchError {
 /// moment more. template.yaml's timeout minus this is how long each
 /// invocation relays.
 pub const RELAY_MARGIN: Duration = Duration::from_secs(12);
-/// The pause after a failed round, doubled up to [`MAX_BACKOFF`] (as the
-/// Kubernetes relay does).
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a scheduled relay invocation did; returned as its result.
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,44 +263,20 @@ pub async fn handle(
 }
 
 /// Relays the outbox in rounds until `stop` (the next at once after a full
-/// batch, after [`IDLE_POLL`] otherwise, with backoff after a failure), then
+/// batch, after [`IDLE_POLL`](finapp_broker::relay::IDLE_POLL) otherwise, with backoff after a failure), then
 /// one last round that gives the relay lock up, and closes the broker
 /// connection: a frozen instance's connection would be dead by the next run.
 /// Fails, so that the invocation counts as an error, when that last round
 /// fails: the outbox could not be relayed at the end of the window.
 pub async fn relay(worker: &Worker, stop: Instant) -> Result<RelayReport, RelayError> {
     let relay = worker.relay();
-    let mut report = RelayReport::default();
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let pause = match relay.round().await {
-            Ok(round) => {
-                backoff = MIN_BACKOFF;
-                report.published += round.published;
-                report.oldest_age = report.oldest_age.max(round.backlog.oldest_age);
-                if round.full() {
-                    Duration::ZERO
-                } else {
-                    IDLE_POLL
-                }
-            }
-            Err(err) => {
-                tracing::warn!(
-                    error = %err,
-                    cause = ?std::error::Error::source(&err),
-                    retry_in = ?backoff,
-                    "outbox relay round failed"
-                );
-                let pause = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                pause
-            }
-        };
-        if Instant::now() + pause >= stop {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
+    let totals = relay
+        .rounds_until(tokio::time::sleep_until(stop.into()))
+        .await;
+    let mut report = RelayReport {
+        published: totals.published,
+        oldest_age: totals.oldest_age,
+    };
     // drain with no budget is one round, then the lock is given up.
     let last = relay.drain(Duration::ZERO).await;
     worker.publisher.close().await;
