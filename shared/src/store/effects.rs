@@ -116,9 +116,7 @@ impl Store {
         match effect {
             Effect::InsertUser(user) => self.insert_user_once(user).await,
             Effect::InsertApplication { id, application } => {
-                let mut document =
-                    bson::to_document(application).expect("an application serializes");
-                document.insert("_id", *id);
+                let document = application_document(*id, application);
                 match self
                     .applications
                     .clone_with_type::<Document>()
@@ -177,10 +175,7 @@ impl Store {
         for (i, record) in records.iter().enumerate() {
             match &record.effect {
                 Some(Effect::InsertApplication { id, application }) => {
-                    let mut document =
-                        bson::to_document(application).expect("an application serializes");
-                    document.insert("_id", *id);
-                    applications.push(document);
+                    applications.push(application_document(*id, application));
                 }
                 Some(Effect::InsertUser(user)) => users.push((i, user)),
                 Some(effect @ Effect::Select { .. }) => {
@@ -233,6 +228,13 @@ impl Store {
             Applied::Conflict
         })
     }
+}
+
+/// `application` as stored under `id`.
+fn application_document(id: ObjectId, application: &ApplicationDoc) -> Document {
+    let mut document = bson::to_document(application).expect("an application serializes");
+    document.insert("_id", id);
+    document
 }
 
 /// Inserts `documents` unordered; returns the positions of those refused
